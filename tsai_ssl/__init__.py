@@ -1,0 +1,1 @@
+"""tsai-ssl: self-supervised pretraining for tsai classifiers."""

@@ -1,0 +1,395 @@
+"""Variable-length data layer: validation, a ragged (memory-mappable) store, length bucketing and padding masks.
+
+`get_ssl_dls` turns what users hold into fastai `DataLoaders` that `ts_learner` accepts:
+
+* an array ``(N, C, L)`` (fixed length),
+* a list of N arrays of shape ``(L_i,)`` or ``(C, L_i)`` (variable length),
+* a tsai-style NaN-padded array ``(N, C, L_max)`` (trailing NaN marks the end of each series),
+* a `RaggedStore` (one flat buffer + offsets, optionally memory-mapped from disk).
+
+Batches are ``(TSTensor(bs, C, L_batch), TensorCategory(bs))`` when labeled and ``(TSTensor,)`` when not.
+Series in a batch are right-padded with `pad_value` to the longest one. Two facts about the batch that a
+model input cannot carry are kept on the DataLoader while the batch is being processed:
+
+* ``dl.pad_mask``: bool ``(bs, L_batch)``, True at real time steps (None when nothing is padded);
+* ``dl.raw_input``: the batch input *before* batch transforms (e.g. `TSStandardize`), so pretext tasks
+  can predict the exact original integers.
+
+A callback reads them as ``self.learn.dl.pad_mask`` (fastai sets ``learn.dl`` to the loader being
+iterated, for training, validation and `get_preds` alike). `batch_pad_mask` does that with a fallback
+for plain tsai dataloaders (fixed length: no padding).
+"""
+from __future__ import annotations
+
+import random
+from numbers import Integral
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from fastai.data.core import DataLoaders, TfmdDL
+from fastai.data.transforms import CategoryMap
+from fastai.losses import CrossEntropyLossFlat
+from fastai.torch_core import TensorCategory, to_device
+from fasttransform.cast import explode_types
+from tsai.data.core import TSTensor
+
+__all__ = ['RaggedStore', 'SeriesDataset', 'BucketedDL', 'SSLDataLoaders', 'get_ssl_dls', 'to_series_list',
+           'validate_series', 'batch_pad_mask', 'batch_raw_input']
+
+
+# ----------------------------------------------------------------------------------------------------
+# Storage
+# ----------------------------------------------------------------------------------------------------
+class RaggedStore:
+    """Variable-length series in one flat ``(C, total_steps)`` buffer plus offsets.
+
+    Indexing returns a view ``(C, L_i)``, so the buffer can be a `np.memmap` (values 0..40 fit in uint8:
+    a million series of 30k steps is 30 GB on disk and nothing in RAM). Tasks and dataloaders only use
+    ``len(store)``, ``store[i]`` and ``store.lengths``.
+    """
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray):
+        if data.ndim != 2: raise ValueError(f'RaggedStore data must be (C, total_steps), got shape {data.shape}')
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if offsets.ndim != 1 or offsets[0] != 0 or offsets[-1] != data.shape[1] or np.any(np.diff(offsets) < 0):
+            raise ValueError('offsets must start at 0, be non-decreasing and end at data.shape[1]')
+        self.data, self.offsets = data, offsets
+        self.lengths = np.diff(offsets)
+
+    @classmethod
+    def from_series(cls, series: Sequence[np.ndarray], dtype=None) -> 'RaggedStore':
+        "Concatenate a list of ``(C, L_i)`` arrays."
+        series = to_series_list(series)
+        offsets = np.concatenate([[0], np.cumsum([s.shape[-1] for s in series])])
+        return cls(np.concatenate(series, axis=-1).astype(dtype or series[0].dtype, copy=False), offsets)
+
+    def save(self, path: str | Path) -> Path:
+        "Write ``path.data.npy`` and ``path.offsets.npy`` (load with `RaggedStore.load(path, mmap=True)`)."
+        path = Path(path)
+        np.save(f'{path}.data.npy', self.data)
+        np.save(f'{path}.offsets.npy', self.offsets)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> 'RaggedStore':
+        return cls(np.load(f'{path}.data.npy', mmap_mode='r' if mmap else None), np.load(f'{path}.offsets.npy'))
+
+    def __len__(self): return len(self.lengths)
+    def __getitem__(self, i): return self.data[:, self.offsets[i]:self.offsets[i + 1]]
+    def __repr__(self): return f'RaggedStore(n={len(self)}, channels={self.data.shape[0]}, dtype={self.data.dtype})'
+
+
+def _is_store(X) -> bool: return isinstance(X, RaggedStore)
+
+
+def to_series_list(X) -> list[np.ndarray]:
+    """Normalise user input into a list of ``(C, L_i)`` numpy arrays (views where possible, never clipped or cast).
+
+    Accepts an ``(N, C, L)`` array (trailing NaN = tsai-style padding, trimmed per series), a list of
+    ``(L,)`` / ``(C, L)`` arrays or tensors. Raises `ValueError` naming the offending sample.
+    """
+    if isinstance(X, torch.Tensor): X = X.detach().cpu().numpy()
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim != 3:
+            hint = ' For one channel use X[:, None, :].' if X.ndim == 2 else ''
+            raise ValueError(f'Expected a 3-D array (N, C, L) or a list of series, got an array of shape {X.shape}.{hint}')
+        if len(X) == 0: raise ValueError('Empty data: no series given.')
+        if not np.issubdtype(X.dtype, np.floating) or not np.isnan(X).any(): return list(X)
+        return [_trim_nan_padding(x, i) for i, x in enumerate(X)]
+    if _is_store(X): return [X[i] for i in range(len(X))]
+    if isinstance(X, (str, bytes)) or not hasattr(X, '__len__'):
+        raise ValueError(f'Expected an array (N, C, L) or a list of series, got {type(X).__name__}.')
+    if len(X) == 0: raise ValueError('Empty data: no series given.')
+    out = []
+    for i, x in enumerate(X):
+        if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
+        x = np.asarray(x)
+        if x.ndim == 1: x = x[None]
+        if x.ndim != 2: raise ValueError(f'Series {i} has shape {x.shape}: expected (L,) or (C, L).')
+        out.append(x)
+    return out
+
+
+def _trim_nan_padding(x: np.ndarray, i: int) -> np.ndarray:
+    "tsai pads variable-length series with trailing NaN: keep the prefix, refuse NaN anywhere else."
+    nan_step = np.isnan(x).any(0)
+    n_real = len(nan_step) - int(np.argmin(nan_step[::-1])) if not nan_step.all() else 0
+    if nan_step[-1]:  # trailing NaN run: length of real prefix is the last non-NaN step + 1
+        last_real = np.flatnonzero(~nan_step)
+        n_real = int(last_real[-1]) + 1 if len(last_real) else 0
+    if n_real and nan_step[:n_real].any():
+        t = int(np.flatnonzero(nan_step[:n_real])[0])
+        raise ValueError(f'Series {i} has NaN at step {t}, inside the series (NaN is only allowed as trailing padding).')
+    return x[:, :n_real]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation
+# ----------------------------------------------------------------------------------------------------
+def _vocab_size(vocab) -> int | None:
+    if vocab is None: return None
+    if isinstance(vocab, Integral): return int(vocab)
+    v = np.asarray(vocab)
+    if not (np.issubdtype(v.dtype, np.integer) and np.array_equal(v, np.arange(len(v)))):
+        raise ValueError('vocab must be an int n (values 0..n-1) or range(n).')
+    return len(v)
+
+
+def validate_series(series: Sequence[np.ndarray], y=None, min_len: int = 1, vocab=None) -> None:
+    """Check a list of ``(C, L_i)`` series; raise `ValueError` naming the sample index and the bad value.
+
+    Refuses: empty data, non-finite values, series shorter than `min_len`, mismatched channel counts,
+    a label count different from the series count and, when `vocab` (n, meaning values 0..n-1) is
+    given, non-integer or out-of-range values. Nothing is clipped, cast or dropped.
+    """
+    if len(series) == 0: raise ValueError('Empty data: no series given.')
+    n_vocab = _vocab_size(vocab)
+    c0 = series[0].shape[0]
+    for i, x in enumerate(series):
+        if x.shape[0] != c0:
+            raise ValueError(f'Series {i} has {x.shape[0]} channels but series 0 has {c0}: all series need the same channels.')
+        if x.shape[-1] < min_len:
+            raise ValueError(f'Series {i} has length {x.shape[-1]}, shorter than the minimum {min_len}.')
+        if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
+            raise ValueError(f'Series {i} has dtype {x.dtype}: expected numbers.')
+        if np.issubdtype(x.dtype, np.floating):
+            bad = ~np.isfinite(x)
+            if bad.any():
+                c, t = map(int, np.argwhere(bad)[0])
+                raise ValueError(f'Series {i} has a non-finite value ({x[c, t]}) at channel {c}, step {t}.')
+        if n_vocab is not None:
+            bad = (x < 0) | (x >= n_vocab) | (x != np.round(x))
+            if bad.any():
+                c, t = map(int, np.argwhere(bad)[0])
+                raise ValueError(f'Series {i} has value {x[c, t]} at channel {c}, step {t}: '
+                                 f'the vocabulary is the integers 0..{n_vocab - 1}.')
+    if y is not None and len(y) != len(series):
+        raise ValueError(f'Got {len(y)} labels for {len(series)} series.')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dataset and DataLoader
+# ----------------------------------------------------------------------------------------------------
+class SeriesDataset:
+    "Indexable ``(x,)`` or ``(x, y)`` items over a list/store of ``(C, L_i)`` series; ``y`` already encoded as ints."
+    n_inp = 1
+
+    def __init__(self, series, y=None, split_idx: int | None = None):
+        self.series, self.y, self.split_idx = series, y, split_idx
+        self.lengths = np.asarray(series.lengths if _is_store(series) else [s.shape[-1] for s in series], dtype=np.int64)
+
+    def __len__(self): return len(self.lengths)
+
+    def __getitem__(self, i):
+        x = self.series[i]
+        return (x,) if self.y is None else (x, self.y[i])
+
+    def subset(self, idxs) -> 'SeriesDataset':
+        idxs = np.asarray(idxs, dtype=np.int64)
+        series = [self.series[i] for i in idxs]
+        return SeriesDataset(series, None if self.y is None else self.y[idxs], self.split_idx)
+
+
+class BucketedDL(TfmdDL):
+    """A fastai `TfmdDL` that batches series of similar length, pads them and keeps a padding mask.
+
+    Training order (``shuffle=True``): series are shuffled, split into pools of ``pool_batches * bs``,
+    sorted by length inside each pool, cut into batches, and the batches are shuffled; every series is
+    seen once per epoch. Without shuffle the order is by length (fastai's `get_preds` restores the
+    dataset order). ``max_len`` crops longer series to a random window of that length (training only
+    when ``crop=True``; validation and test see full series).
+    """
+
+    def __init__(self, dataset, bs: int = 64, shuffle: bool = False, max_len: int | None = None, crop: bool = False,
+                 pad_value: float = 0., bucket: bool = True, pool_batches: int = 50, **kwargs):
+        self.max_len, self.crop, self.pad_value, self.bucket, self.pool_batches = max_len, crop, pad_value, bucket, pool_batches
+        self.pad_mask = self.raw_input = None
+        kwargs.setdefault('num_workers', 0)
+        super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches'): kwargs.setdefault(k, getattr(self, k))
+        return super().new(dataset, cls, **kwargs)
+
+    # -- order -----------------------------------------------------------------------------------------
+    def effective_lengths(self) -> np.ndarray:
+        L = self.dataset.lengths
+        return np.minimum(L, self.max_len) if (self.crop and self.max_len) else L
+
+    def get_idxs(self):
+        n = len(self.dataset)
+        if not self.bucket: return super().get_idxs()
+        L = self.effective_lengths()
+        if not self.shuffle: return list(np.argsort(L, kind='stable'))
+        perm = np.array(self.rng.sample(range(n), n), dtype=np.int64)
+        pool = self.bs * self.pool_batches
+        # sort inside pools (stable on the shuffled order, so equal lengths mix across epochs)
+        pools = [p[np.argsort(L[p], kind='stable')] for p in np.split(perm, range(pool, n, pool))]
+        order = np.concatenate(pools)
+        batches = [order[i:i + self.bs] for i in range(0, n, self.bs)]
+        full = [b for b in batches if len(b) == self.bs]
+        rest = [b for b in batches if len(b) < self.bs]  # a short batch must stay last for fastai's chunking
+        full = [full[i] for i in self.rng.sample(range(len(full)), len(full))]
+        return [int(i) for b in full + rest for i in b]
+
+    def padded_fraction(self) -> float:
+        "Share of padded positions over one epoch in the current order (what bucketing keeps small)."
+        idxs = np.asarray(self.get_idxs(), dtype=np.int64)
+        L = self.effective_lengths()[idxs]
+        n_batches = len(self)
+        real = padded = 0
+        for k in range(n_batches):
+            b = L[k * self.bs:(k + 1) * self.bs]
+            real += b.sum(); padded += b.max() * len(b)
+        return float(1 - real / padded) if padded else 0.
+
+    # -- batches ---------------------------------------------------------------------------------------
+    def create_item(self, s): return self.dataset[s if s is not None else 0]
+
+    def create_batch(self, b):
+        xs = [np.asarray(o[0]) for o in b]
+        if self.crop and self.max_len:
+            xs = [self._random_crop(x) for x in xs]
+        lens = [x.shape[-1] for x in xs]
+        L, C = max(lens), xs[0].shape[0]
+        x = torch.full((len(xs), C, L), float(self.pad_value), dtype=torch.float32)
+        for i, s in enumerate(xs): x[i, :, :s.shape[-1]] = torch.from_numpy(np.ascontiguousarray(s, dtype=np.float32))
+        # None when every series fills the batch: callbacks then skip masking work entirely
+        mask = torch.arange(L)[None] < torch.as_tensor(lens)[:, None] if min(lens) < L else None
+        out = (TSTensor(x),)
+        if len(b[0]) > 1: out += (TensorCategory(torch.as_tensor(np.array([o[1] for o in b]), dtype=torch.long)),)
+        return out + (mask,)
+
+    def _random_crop(self, x: np.ndarray) -> np.ndarray:
+        L = x.shape[-1]
+        if L <= self.max_len: return x
+        start = self.rng.randint(0, L - self.max_len)
+        return x[:, start:start + self.max_len]
+
+    def do_batch(self, b):
+        b = self.create_batch(self.before_batch(b))
+        # keep the untransformed input when batch transforms will change it (a plain Tensor: TS transforms skip it)
+        raw = b[0].as_subclass(torch.Tensor).clone() if len(self.after_batch.fs) else None
+        return b + (raw,)
+
+    def _split(self, b):
+        *items, self.pad_mask, raw = b
+        self.raw_input = items[0].as_subclass(torch.Tensor) if raw is None else raw
+        return tuple(items)
+
+    def __iter__(self):
+        # A batch leaves `do_batch` as (x, [y,] mask, raw); batch transforms see all of it but only act on
+        # x and y (mask and raw are plain tensors). We keep mask and raw on the loader for callbacks and
+        # yield exactly what a tsai model and loss expect.
+        for b in super().__iter__(): yield self._split(b)
+
+    def _one_pass(self):
+        b = self.do_batch([self.do_item(None)])
+        if self.device is not None: b = to_device(b, self.device)
+        its = self._split(self.after_batch(b))
+        self._n_inp, self._types = 1, explode_types(its)
+
+
+class SSLDataLoaders(DataLoaders):
+    "fastai `DataLoaders` with the attributes tsai's `ts_learner` reads (`vars`, `c`, `len`, `d`, `cat`) and a variable-length `test_dl`."
+
+    def __init__(self, *loaders, path='.', device=None, c_in: int = 1, vocab=None, seq_len: int | None = None,
+                 min_len: int = 1, input_vocab=None):
+        super().__init__(*loaders, path=path, device=device)
+        self.vars, self.len, self.d, self.min_len, self.input_vocab = c_in, seq_len, None, min_len, input_vocab
+        self.vocab = vocab
+        self.c = len(vocab) if vocab is not None else 0
+        self.cat = vocab is not None
+        if vocab is not None: self.loss_func = CrossEntropyLossFlat()
+
+    def test_dl(self, test_items, with_labels: bool = False, y=None, bs: int | None = None, **kwargs) -> BucketedDL:
+        """A loader over new series of any length (same batch transforms, full length, sorted by length
+        for speed; `learn.get_preds(dl=...)` returns predictions in the order of `test_items`)."""
+        series = to_series_list(test_items)
+        validate_series(series, y, min_len=self.min_len, vocab=self.input_vocab)
+        if series[0].shape[0] != self.vars:
+            raise ValueError(f'Test series have {series[0].shape[0]} channels, the model expects {self.vars}.')
+        if with_labels and y is None: raise ValueError('with_labels=True needs y.')
+        yy = _encode_labels(y, self.vocab) if y is not None else None
+        ds = SeriesDataset(series, yy, split_idx=1)
+        return self.valid.new(ds, shuffle=False, drop_last=False, crop=False, bs=bs or self.valid.bs, **kwargs)
+
+
+def _encode_labels(y, vocab: CategoryMap | None) -> np.ndarray:
+    y = np.asarray(y)
+    if vocab is None: raise ValueError('These dataloaders are unlabeled: there is no label vocabulary to encode y.')
+    unknown = [o for o in np.unique(y) if o not in vocab.o2i]
+    if unknown: raise ValueError(f'Labels {unknown[:5]} were not seen in the training labels {list(vocab)[:10]}.')
+    return np.array([vocab.o2i[o] for o in y], dtype=np.int64)
+
+
+def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None, batch_tfms=None,
+                max_len: int | None = None, min_len: int = 8, input_vocab=None, pad_value: float = 0.,
+                bucket: bool = True, shuffle: bool = True, drop_last: bool = False, device=None,
+                path='.', num_workers: int = 0, seed: int | None = None) -> SSLDataLoaders:
+    """Fastai DataLoaders over fixed- or variable-length series for pretraining (``y=None``) or fine-tuning.
+
+    Args:
+        X: ``(N, C, L)`` array, tsai NaN-padded array, list of ``(L_i,)``/``(C, L_i)`` arrays, or `RaggedStore`.
+        y: labels (any hashable values) or None for unlabeled pretraining data.
+        splits: ``(train_idxs, valid_idxs)`` as tsai's `get_splits` returns; None = all for training, no validation.
+        batch_tfms: tsai/fastai batch transforms, e.g. ``TSStandardize()``; identical for both modes.
+        max_len: training crop: longer series are cut to a random window of ``max_len`` (validation: full length).
+        min_len: refuse series shorter than this (a CNN needs a few steps).
+        input_vocab: n (values 0..n-1) to check that inputs are exact integers in range (e.g. 41 for 0..40).
+        bucket: group series of similar length into batches (little padding, much faster on varied lengths).
+    """
+    series = X if _is_store(X) else to_series_list(X)
+    if len(series) == 0: raise ValueError('Empty data: no series given.')
+    if y is not None: y = np.asarray(y)
+    validate_series(series if not _is_store(series) else _StoreChecker(series), y, min_len=min_len, vocab=input_vocab)
+    vocab = CategoryMap(list(y), sort=True) if y is not None else None
+    yy = _encode_labels(y, vocab) if y is not None else None
+    ds = SeriesDataset(series, yy)
+    if splits is None: train_idx, valid_idx = np.arange(len(ds)), np.array([], dtype=np.int64)
+    else: train_idx, valid_idx = (np.asarray(s, dtype=np.int64) for s in splits[:2])
+    train_ds, valid_ds = ds.subset(train_idx), ds.subset(valid_idx)
+    train_ds.split_idx, valid_ds.split_idx = 0, 1
+    if len(train_ds) == 0: raise ValueError('The training split is empty.')
+    if yy is not None and len(valid_idx):
+        unseen = sorted(set(yy[valid_idx].tolist()) - set(yy[train_idx].tolist()))
+        if unseen: raise ValueError(f'Classes {[vocab[i] for i in unseen]} appear in the validation split but not in training.')
+    if seed is not None: torch.manual_seed(seed)
+    common = dict(max_len=max_len, pad_value=pad_value, bucket=bucket, num_workers=num_workers, device=device,
+                  after_batch=batch_tfms)
+    train = BucketedDL(train_ds, bs=min(bs, len(train_ds)), shuffle=shuffle, drop_last=drop_last, crop=True, **common)
+    if seed is not None: train.rng = random.Random(seed)
+    # the validation loader shares the (already set-up) batch transforms of the training loader
+    valid = train.new(valid_ds, bs=val_bs or bs, shuffle=False, drop_last=False, crop=False)
+    seq_len = max_len if max_len else int(max(train_ds.lengths))
+    return SSLDataLoaders(train, valid, path=path, device=device, c_in=series[0].shape[0], vocab=vocab,
+                          seq_len=seq_len, min_len=min_len, input_vocab=input_vocab)
+
+
+class _StoreChecker:
+    "Lazy list view so `validate_series` can walk a `RaggedStore` one series at a time."
+    def __init__(self, store): self.store = store
+    def __len__(self): return len(self.store)
+    def __getitem__(self, i): return self.store[i]
+    def __iter__(self): return (self.store[i] for i in range(len(self.store)))
+
+
+def batch_pad_mask(learn_or_dl, x: torch.Tensor | None = None) -> torch.Tensor | None:
+    "The padding mask of the batch being processed (True = real step), or None when nothing is padded."
+    dl = getattr(learn_or_dl, 'dl', learn_or_dl)
+    m = getattr(dl, 'pad_mask', None)
+    if m is None or (x is not None and m.shape != (x.shape[0], x.shape[-1])): return None
+    return m
+
+
+def batch_raw_input(learn_or_dl, x: torch.Tensor) -> torch.Tensor:
+    """The batch before batch transforms: kept by `BucketedDL`, otherwise decoded through the loader's
+    `after_batch` pipeline (tsai `get_ts_dls` + `TSStandardize` decode back to the raw scale)."""
+    dl = getattr(learn_or_dl, 'dl', learn_or_dl)
+    raw = getattr(dl, 'raw_input', None)
+    if raw is not None and raw.shape == x.shape: return raw
+    pipe = getattr(dl, 'after_batch', None)
+    if pipe is None or not getattr(pipe, 'fs', None): return x
+    return torch.as_tensor(pipe.decode((TSTensor(x.detach()),))[0]).as_subclass(torch.Tensor).to(x.device)

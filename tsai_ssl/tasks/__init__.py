@@ -1,0 +1,2 @@
+from .base import PretextModel, PretextTask
+from .masked import MaskedValuePretrain

@@ -1,0 +1,215 @@
+"""What every pretext task shares: swap in backbone + pretext head, loss and metrics for the fit; restore after.
+
+A task callback, added to an ordinary tsai/fastai Learner, does this around each ``fit``:
+
+* ``before_fit``: split the classifier with `split_backbone`, build the pretext head once (kept across
+  fits), put ``learn.model = PretextModel(backbone, head)``, add the head's parameters to the *existing*
+  optimizer (fastai creates the optimizer before ``before_fit``; tsai's MVP builds its head after that, so
+  its head never trains), and swap ``loss_func`` and ``metrics`` for the task's.
+* ``before_batch``: the task turns the batch into pretext inputs and targets (``learn.xb``/``learn.yb``).
+* ``after_epoch``: optionally save the backbone (best validation loss and/or last) under the
+  classifier's parameter names, atomically.
+* ``after_fit`` (also after `CancelFitException`, and after any other exception raised inside an epoch,
+  e.g. KeyboardInterrupt): put the classifier, loss, metrics and optimizer back as they were.
+
+Why the callback's ``order`` changes during fit: it must swap the model and metrics *before* `Recorder`
+(order 50) and `LRFinder` (60, which snapshots the model) see them, and put everything back *after*
+`LRFinder` has reloaded its snapshot; fastai sorts callbacks by ``order`` at every event, so the callback
+runs early for ``before_fit`` and late for everything after it.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+from fastai.learner import Metric
+
+from ..backbone import Backbone, split_backbone
+from ..data import batch_pad_mask, batch_raw_input
+from ..transfer import save_backbone, weights_path
+
+__all__ = ['PretextModel', 'PretextTask', 'CountMetric']
+
+
+class PretextModel(nn.Module):
+    """Backbone + pretext head. The backbone's modules are registered under the classifier's names, so even a
+    plain ``learn.save`` of this model loads into the classifier with ``strict=False`` (``ssl_head.*`` is ignored)."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module):
+        super().__init__()
+        for name, m in backbone.named_children(): self.add_module(name, m)
+        self.ssl_head = head
+        self._backbone = [backbone]  # not registered again: its modules are the ones above
+
+    @property
+    def backbone(self) -> Backbone: return self._backbone[0]
+
+    def forward(self, x, *args):
+        return self.ssl_head(self.backbone(x), *args)
+
+
+class CountMetric(Metric):
+    """A metric that sums a numerator and a denominator over the epoch (e.g. correct / masked positions), so
+    batches with more target positions weigh more, unlike fastai's per-batch `AvgMetric`."""
+
+    def __init__(self, func, name: str):
+        self.func, self._name = func, name
+
+    def reset(self): self.num, self.den = 0., 0.
+
+    def accumulate(self, learn):
+        num, den = self.func(learn.pred, *learn.yb)
+        self.num += float(num); self.den += float(den)
+
+    @property
+    def value(self): return self.num / self.den if self.den else None
+
+    @property
+    def name(self): return self._name
+
+
+class PretextTask(Callback):
+    """Base class of the pretext-task callbacks (see the module docstring). Subclasses implement
+    `make_head`, `make_batch`, `loss` and optionally `metrics`, `model_inputs` and `wrap_backbone`.
+
+    Args:
+        save_as: name (``learn.path/learn.model_dir/<name>.pth``) or path to save the backbone to.
+        save: 'best' (lowest validation loss; last epoch if there is no validation set), 'last', or 'both'
+            ('best' to ``save_as`` and the last epoch to ``<save_as>_last``).
+        seed: seed of the fixed validation masks/views (same every epoch, so validation losses compare).
+    """
+    order = 45
+    _late_order = 70
+
+    def __init__(self, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+        if save not in ('best', 'last', 'both'): raise ValueError(f"save must be 'best', 'last' or 'both', not {save!r}")
+        self.save_as, self.save, self.seed = save_as, save, seed
+        self.head, self.backbone, self._saved = None, None, None
+        self.best, self.saved_paths = float('inf'), []
+
+    # -- to implement ---------------------------------------------------------------------------------
+    def make_head(self, nf: int, c_in: int) -> nn.Module: raise NotImplementedError
+    def make_batch(self, x: torch.Tensor, pad_mask, raw: torch.Tensor, generator) -> tuple[tuple, tuple]:
+        "Return ``(xb, yb)`` for the pretext model and loss."
+        raise NotImplementedError
+    def loss(self, pred, *yb) -> torch.Tensor: raise NotImplementedError
+    def metrics(self) -> list: return []
+    def wrap_backbone(self, backbone: Backbone):
+        "A context manager to run the backbone in during fit (next-step: causal view)."
+        return contextlib.nullcontext()
+
+    # -- fit lifecycle -------------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool: return self._saved is not None
+
+    def before_fit(self):
+        learn = self.learn
+        if self.attached: self._restore()  # left over from an interrupted fit outside an epoch
+        clf = learn.model
+        self.backbone = split_backbone(clf)
+        p = next(clf.parameters())
+        if self.head is None:
+            self.head = self.make_head(self.backbone.nf, self._c_in())
+        self.head.to(p.device)
+        self._ctx = self.wrap_backbone(self.backbone)
+        self._ctx.__enter__()
+        self._saved = dict(model=clf, loss_func=learn.loss_func, metrics=learn.metrics, n_opt=None)
+        try:
+            learn.model = PretextModel(self.backbone, self.head).train(clf.training)
+            learn.loss_func = self.loss
+            learn.metrics = self.metrics()
+            self._add_head_to_opt()
+        except BaseException:
+            self._restore(); raise
+        self.best = float('inf')
+        # Restore even if something other than CancelFitException escapes an epoch (fastai then skips after_fit).
+        orig = learn._do_epoch
+        def guarded_do_epoch():
+            try: orig()
+            except BaseException as e:
+                if not isinstance(e, _fastai_cancel()): self._restore()
+                raise
+        learn._do_epoch = guarded_do_epoch
+        self.order = self._late_order
+
+    def _c_in(self) -> int:
+        from ..backbone import infer_c_in
+        dls = getattr(self.learn, 'dls', None)
+        return getattr(dls, 'vars', None) or infer_c_in(self.learn.model)
+
+    def _add_head_to_opt(self):
+        opt = self.learn.opt
+        params = list(self.head.parameters())
+        self._saved['n_opt'] = len(opt.param_lists[-1])
+        opt.param_lists[-1] = opt.param_lists[-1] + params  # a new L: `+=` would not reach the optimizer
+        for p in params:  # Adam moments of the head survive between fits
+            if p in self._head_state: opt.state[p] = self._head_state[p]
+            elif not getattr(self.learn, 'wd_bn_bias', False) and p.ndim == 1: opt.state[p] = {'do_wd': False}
+
+    @property
+    def _head_state(self) -> dict:
+        if not hasattr(self, '_opt_state'): self._opt_state = {}
+        return self._opt_state
+
+    def _restore(self):
+        if not self.attached: return
+        learn, saved = self.learn, self._saved
+        self._saved = None
+        try: self._ctx.__exit__(None, None, None)
+        finally:
+            learn.model, learn.loss_func, learn.metrics = saved['model'], saved['loss_func'], saved['metrics']
+            opt = getattr(learn, 'opt', None)
+            if opt is not None and saved['n_opt'] is not None:
+                group = opt.param_lists[-1]
+                for p in group[saved['n_opt']:]:
+                    if p in opt.state: self._head_state[p] = opt.state.pop(p)
+                opt.param_lists[-1] = group[:saved['n_opt']]
+            learn.__dict__.pop('_do_epoch', None)
+            self.order = type(self).order
+
+    def after_fit(self): self._restore()
+
+    # -- batches -------------------------------------------------------------------------------------
+    def before_batch(self):
+        if not self.attached: return
+        x = self.learn.xb[0]
+        mask = batch_pad_mask(self.learn, x)
+        raw = batch_raw_input(self.learn, x)
+        g = None
+        if not self.training:  # fixed validation masks/views: the same every epoch
+            g = torch.Generator(device='cpu').manual_seed(self.seed * 100_003 + self.learn.iter)
+        self.learn.xb, self.learn.yb = self.make_batch(x.as_subclass(torch.Tensor), mask, raw.as_subclass(torch.Tensor), g)
+
+    # -- saving --------------------------------------------------------------------------------------
+    def after_epoch(self):
+        if not self.attached or self.save_as is None: return
+        loss = self._epoch_loss()
+        meta = dict(task=type(self).__name__, epoch=self.epoch, loss=loss)
+        if self.save in ('best', 'both') and loss is not None and loss < self.best:
+            self.best = loss
+            self._save(self.save_as, meta)
+        if self.save == 'last' or (self.save == 'best' and loss is None):
+            self._save(self.save_as, meta)
+        if self.save == 'both': self._save(f'{self.save_as}_last', meta)
+
+    def _epoch_loss(self) -> float | None:
+        "This epoch's validation loss from the Recorder (None without a validation set)."
+        rec = getattr(self.learn, 'recorder', None)
+        if rec is None or not rec.values: return None
+        names = list(rec.metric_names[1:-1])  # drop 'epoch' and 'time'
+        vals = rec.values[-1]
+        if 'valid_loss' not in names or names.index('valid_loss') >= len(vals): return None
+        return float(vals[names.index('valid_loss')])
+
+    def _save(self, name, meta):
+        path = weights_path(self.learn, name)
+        save_backbone(self.backbone, path, meta)
+        if path not in self.saved_paths: self.saved_paths.append(path)
+
+
+def _fastai_cancel():
+    from fastai.callback.core import CancelEpochException, CancelFitException
+    return (CancelFitException, CancelEpochException)

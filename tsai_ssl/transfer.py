@@ -1,0 +1,116 @@
+"""Saving pretrained backbones and loading them, verified, into standard tsai classifiers.
+
+Files are plain ``state_dict``s of the backbone under the *classifier's* parameter names, so three loaders
+accept them: fastai's ``learn.load(name, strict=False)``, tsai's
+``ts_learner(..., pretrained=True, weights_path=path)`` and `load_pretrained` (which also checks that every
+backbone tensor was found with the right shape, and says which were not). A JSON sidecar next to the
+weights records what produced them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .backbone import split_backbone
+
+__all__ = ['save_backbone', 'load_pretrained', 'TransferReport', 'weights_path', 'atomic_save']
+
+
+def weights_path(learn_or_dir, name_or_path: str | os.PathLike) -> Path:
+    """fastai's convention: a bare name means ``learn.path/learn.model_dir/name.pth``; a path with a suffix or a
+    directory part is used as it is."""
+    p = Path(name_or_path)
+    if p.suffix or len(p.parts) > 1 or p.is_absolute(): return p
+    if hasattr(learn_or_dir, 'model_dir'): return Path(learn_or_dir.path) / learn_or_dir.model_dir / f'{p}.pth'
+    return Path(learn_or_dir or '.') / f'{p}.pth'
+
+
+def atomic_save(obj, path: str | os.PathLike) -> Path:
+    "torch.save to a temporary file in the same folder, then rename: a crash never leaves a half-written file."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f: torch.save(obj, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+    return path
+
+
+def save_backbone(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
+    "Write the backbone of `model` (classifier parameter names, CPU tensors) atomically, plus ``<path>.json`` metadata."
+    bb = split_backbone(model)
+    state = {k: v.detach().cpu().clone() for k, v in bb.state_dict().items()}
+    path = atomic_save(state, path)
+    info = dict(arch=bb.arch, nf=bb.nf, n_tensors=len(state), **(meta or {}))
+    tmp = path.with_name(path.name + '.json.tmp')
+    tmp.write_text(json.dumps(info, indent=1, default=str))
+    os.replace(tmp, path.with_name(path.name + '.json'))
+    return path
+
+
+@dataclass
+class TransferReport:
+    "What `load_pretrained` did: tensors copied into the model, and tensors of the file it did not use."
+    path: Path
+    transferred: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def __repr__(self):
+        return (f'TransferReport({len(self.transferred)} backbone tensors loaded from {self.path}'
+                + (f', {len(self.skipped)} file tensors unused: {self.skipped[:4]}' if self.skipped else '') + ')')
+
+
+def _read_state(path: Path, device) -> dict:
+    if not path.exists():
+        raise FileNotFoundError(f'No weights file at {path}. Pretrain with save_as=... or pass the path of a .pth file.')
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise ValueError(f'Cannot read weights from {path}: the file is truncated, corrupt or not a PyTorch state_dict '
+                         f'({type(e).__name__}: {str(e)[:200]}).') from e
+    if isinstance(state, dict) and set(state) == {'model', 'opt'}: state = state['model']  # a fastai learn.save file
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f'{path} does not hold a state_dict of tensors.')
+    return state
+
+
+def load_pretrained(learn_or_model, name_or_path: str | os.PathLike, device=None) -> TransferReport:
+    """Load pretrained backbone weights into a classifier (a fastai `Learner` or an nn.Module), verified.
+
+    Every tensor of the model's backbone must be in the file with the same shape; otherwise a `ValueError`
+    names the missing and mismatched tensors and nothing is loaded. The classifier head is left as it is.
+    """
+    model = getattr(learn_or_model, 'model', learn_or_model)
+    path = weights_path(learn_or_model if hasattr(learn_or_model, 'model_dir') else None, name_or_path)
+    p = next(model.parameters())
+    state = _read_state(path, device or p.device)
+    bb_state = split_backbone(model).state_dict()
+    missing = [k for k in bb_state if k not in state]
+    mismatched = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}' for k, v in bb_state.items()
+                  if k in state and state[k].shape != v.shape]
+    if missing or mismatched:
+        meta = _read_meta(path)
+        src = f" (saved from {meta['arch']})" if meta.get('arch') else ''
+        raise ValueError(f'{path}{src} does not fit the backbone of {type(model).__name__}: '
+                         f'{len(missing)} tensors missing {missing[:5]}, {len(mismatched)} with another shape '
+                         f'{mismatched[:5]}. Build the classifier with the same architecture and settings as in pretraining.')
+    with torch.no_grad():
+        for k, v in bb_state.items(): v.copy_(state[k])
+    return TransferReport(path, transferred=list(bb_state), skipped=[k for k in state if k not in bb_state],
+                          meta=_read_meta(path))
+
+
+def _read_meta(path: Path) -> dict:
+    j = path.with_name(path.name + '.json')
+    try: return json.loads(j.read_text()) if j.exists() else {}
+    except ValueError: return {}

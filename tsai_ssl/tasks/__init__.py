@@ -1,2 +1,3 @@
-from .base import PretextModel, PretextTask
+from .base import CountMetric, PretextModel, PretextTask
 from .masked import MaskedValuePretrain
+from .next_step import NextStepPretrain

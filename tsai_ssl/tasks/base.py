@@ -183,6 +183,30 @@ class PretextTask(Callback):
             g = torch.Generator(device='cpu').manual_seed(self.seed * 100_003 + self.learn.iter)
         self.learn.xb, self.learn.yb = self.make_batch(x.as_subclass(torch.Tensor), mask, raw.as_subclass(torch.Tensor), g)
 
+    # -- looking at it ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def pretext_batch(self, dl=None, n: int = 3, seed: int = 0) -> dict:
+        """Run the trained pretext model (eval mode) on the first `n` series of one batch of `dl` (default: the
+        validation loader, else training). Returns x, pad_mask, raw, xb, yb and pred for plots."""
+        if self.head is None: raise RuntimeError('The pretext head does not exist yet: fit the Learner with this callback first.')
+        learn = self.learn
+        dl = dl or (learn.dls.valid if len(learn.dls.valid) else learn.dls.train)
+        clf = self._saved['model'] if self.attached else learn.model
+        x = dl.one_batch()[0]
+        mask, raw = batch_pad_mask(dl, x), batch_raw_input(dl, x)
+        x, raw = x[:n].as_subclass(torch.Tensor), raw[:n].as_subclass(torch.Tensor)
+        mask = None if mask is None else mask[:n]
+        backbone = split_backbone(clf)
+        model = PretextModel(backbone, self.head)
+        was = model.training
+        model.eval()
+        try:
+            with self.wrap_backbone(backbone):
+                xb, yb = self.make_batch(x, mask, raw, torch.Generator().manual_seed(seed))
+                pred = model(*xb)
+        finally: model.train(was)
+        return dict(x=x, pad_mask=mask, raw=raw, xb=xb, yb=yb, pred=pred)
+
     # -- saving --------------------------------------------------------------------------------------
     def after_epoch(self):
         if not self.attached or self.save_as is None: return

@@ -1,0 +1,343 @@
+"""Contrastive losses: SimCLR's NT-Xent (DDP-aware) and TS2Vec's hierarchical contrastive loss.
+
+* :func:`nt_xent` / :class:`NTXentLoss`: the normalised-temperature cross-entropy
+  (InfoNCE) loss of SimCLR (Chen et al., "A Simple Framework for Contrastive Learning
+  of Visual Representations", ICML 2020), with negatives optionally gathered from all
+  DistributedDataParallel processes (:func:`gather_with_grad`).
+* :func:`hierarchical_contrastive_loss` / :class:`HierarchicalContrastiveLoss`: the
+  instance-wise + temporal contrastive loss summed over a max-pooling hierarchy of
+  TS2Vec (Yue et al., "TS2Vec: Towards Universal Representation of Time Series",
+  AAAI 2022), extended with a validity mask for batches whose overlaps have
+  different lengths.
+
+This module only imports torch, so that it is cheap to import in spawned workers.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "gather_with_grad", "nt_xent", "NTXentLoss",
+    "hierarchical_contrastive_loss", "HierarchicalContrastiveLoss",
+]
+
+
+# ----------------------------------------------------------------------------- distributed gather
+
+def _dist_world_size(group=None) -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group)
+    return 1
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """``all_gather`` whose backward sends every rank the summed gradient of its own shard.
+
+    Each rank's loss depends on every rank's shard (through the gathered negatives),
+    so the gradient of a shard is the sum over ranks of the gradients flowing into
+    its gathered copy: all-reduce (sum) the gradients of the gathered tensor and
+    keep the local slice.  Only all_reduce is used, which every backend supports.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
+        ctx.group = group
+        tensor = tensor.contiguous()
+        world = dist.get_world_size(group)
+        out = [torch.empty_like(tensor) for _ in range(world)]
+        dist.all_gather(out, tensor, group=group)
+        ctx.rank, ctx.n = dist.get_rank(group), tensor.shape[0]
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)  # all_reduce is in-place
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
+
+
+def gather_with_grad(t: torch.Tensor, group=None) -> torch.Tensor:
+    """Concatenate ``t`` from all processes along dim 0, keeping the gradient of every shard.
+
+    The backward pass sums, over processes, the gradients that reach each shard and
+    returns its own to every process, i.e. the gradient of the local shard is that of
+    the *sum* of all processes' losses (plain ``torch.distributed.all_gather`` has no
+    gradient at all).  Uses ``torch.distributed.nn.functional.all_gather`` when
+    available (reduce-scatter / all-to-all backward), else an all-reduce based
+    autograd Function.  Without an initialised process group of size > 1 it returns
+    ``t`` unchanged.
+
+    All processes must pass tensors of the same shape (same local batch size; fastai's
+    ``DistributedDL`` pads the data so that this holds, or use ``drop_last=True``).
+
+    Args:
+        t: local tensor ``(n, ...)``.
+        group: process group (default: the world).
+
+    Returns:
+        ``(world_size * n, ...)``, ordered by rank.
+    """
+    if _dist_world_size(group) == 1:
+        return t
+    try:
+        from torch.distributed.nn.functional import all_gather
+    except ImportError:  # pragma: no cover - depends on the torch build
+        return _AllGatherWithGrad.apply(t, group)
+    with warnings.catch_warnings():
+        # torch >= 2.x marks it deprecated in favour of a private functional API; it is
+        # still the public autograd-aware gather, and the fallback covers its removal.
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(t, group=group) if group is not None else all_gather(t)
+    return torch.cat(parts, dim=0)
+
+
+# ----------------------------------------------------------------------------- NT-Xent
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.1,
+    distributed: bool | None = None,
+    group=None,
+) -> torch.Tensor:
+    """NT-Xent / InfoNCE loss of SimCLR (Chen et al., ICML 2020) for two views.
+
+    With ``z = [z1; z2]`` L2-normalised and ``s_ab = z_a . z_b / temperature``, the
+    loss of anchor ``a`` with positive ``p(a)`` (the other view of the same sample) is
+    ``-log(exp(s_a,p(a)) / sum_{b != a} exp(s_ab))``: one positive and ``2N - 2``
+    negatives for a batch of ``N`` pairs.  The result is the mean over the ``2N``
+    anchors.
+
+    Distributed mode (negatives from all processes): every process gathers the
+    embeddings of all processes with :func:`gather_with_grad` and computes the loss of
+    its *local* anchors against all ``2N - 1`` global candidates (``N`` = global number
+    of pairs), averaged over its local anchors.  Why this scaling gives exact
+    gradients: with ``W`` processes and equal local batches, the single-process loss on
+    the concatenated batch is ``L = (1/W) sum_r L_r``.  Through the gather's backward,
+    process ``r`` receives for its embeddings the gradient of ``sum_r' L_r'`` (``= W L``),
+    and DDP then *averages* the parameter gradients over processes, dividing by
+    ``W``: the applied gradient is exactly ``dL/dtheta``.  (Consequently, the raw
+    gradient w.r.t. the local embeddings before DDP's averaging is ``W`` times the
+    single-process one.)  The returned value is the local mean, an unbiased estimate
+    of ``L``; averaging it over processes gives ``L`` exactly.
+
+    Args:
+        z1, z2: embeddings of the two views, ``(N, d)`` each; row ``i`` of both comes from
+            the same sample.
+        temperature: softmax temperature ``tau > 0``.
+        distributed: gather negatives from all processes.  ``None`` (default): when
+            ``torch.distributed`` is initialised with ``world_size > 1``.  All processes
+            must then pass the same number of pairs ``n`` (see :func:`gather_with_grad`).
+        group: process group for the gather (default: the world).
+
+    Returns:
+        Scalar loss.
+    """
+    if z1.shape != z2.shape or z1.ndim != 2:
+        raise ValueError(f"z1 and z2 must both be (N, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    world = _dist_world_size(group)
+    if distributed is None:
+        distributed = world > 1
+    if distributed and world == 1 and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("distributed=True needs an initialised torch.distributed process group")
+
+    n = z1.shape[0]
+    z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
+    if distributed and world > 1:
+        rank = dist.get_rank(group)
+        g1, g2 = gather_with_grad(z1, group), gather_with_grad(z2, group)
+    else:
+        rank, world, g1, g2 = 0, 1, z1, z2
+    big_n = g1.shape[0]
+    anchors = torch.cat([z1, z2], dim=0)             # (2n, d): local anchors
+    candidates = torch.cat([g1, g2], dim=0)          # (2N, d): global candidates
+    logits = anchors @ candidates.T / temperature    # (2n, 2N)
+
+    # Global index of each local anchor in `candidates`, and of its positive.
+    local = torch.arange(n, device=z1.device) + rank * n
+    self_idx = torch.cat([local, local + big_n])
+    pos_idx = torch.cat([local + big_n, local])
+    rows = torch.arange(2 * n, device=z1.device)
+    # An anchor is not its own negative (every row keeps its positive, so no all -inf row).
+    logits = logits.index_put((rows, self_idx), logits.new_tensor(float("-inf")))
+    loss_sum = F.cross_entropy(logits, pos_idx, reduction="sum")
+    # (W / 2N) * sum over local anchors == mean over local anchors for equal shards.
+    return loss_sum * world / (2 * big_n)
+
+
+class NTXentLoss(nn.Module):
+    """Module wrapper of :func:`nt_xent`: ``NTXentLoss(temperature)(z1, z2)``.
+
+    Args:
+        temperature: softmax temperature.
+        distributed: see :func:`nt_xent` (``None`` = automatic).
+    """
+
+    def __init__(self, temperature: float = 0.1, distributed: bool | None = None):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature, self.distributed = temperature, distributed
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+        return nt_xent(z1, z2, self.temperature, self.distributed)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, distributed={self.distributed}"
+
+
+# ----------------------------------------------------------------------------- TS2Vec
+
+def _masked_info_nce(sim: torch.Tensor, valid: torch.Tensor, half: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of the InfoNCE losses of a stack of similarity matrices.
+
+    ``sim`` is ``(G, 2*half, 2*half)``: in group ``g``, item ``k < half`` and item
+    ``k + half`` are positives of each other; all other *valid* items are negatives;
+    an item is never its own negative.  Only valid anchors with at least one valid
+    negative are counted.
+    """
+    neg = torch.finfo(sim.dtype).min  # finite: fully masked rows stay NaN-free, also in backward
+    n = 2 * half
+    eye = torch.eye(n, dtype=torch.bool, device=sim.device)
+    logits = sim.masked_fill(eye | ~valid[:, None, :], neg)
+    logp = F.log_softmax(logits, dim=-1)
+    pos = (torch.arange(n, device=sim.device) + half) % n
+    lp_pos = logp.gather(-1, pos.view(1, n, 1).expand(logp.shape[0], n, 1)).squeeze(-1)  # (G, n)
+    # Valid candidates other than the anchor and its (valid) positive.
+    n_neg = valid.sum(dim=-1, keepdim=True) - 2
+    counted = valid & (n_neg > 0)
+    return -(lp_pos * counted).sum(), counted.sum()
+
+
+def _instance_loss(z1: torch.Tensor, z2: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Contrast series against each other at every timestep (TS2Vec's instance-wise loss)."""
+    B = z1.shape[0]
+    z = torch.cat([z1, z2], dim=0).transpose(0, 1)            # (T, 2B, d)
+    sim = z @ z.transpose(1, 2)                               # (T, 2B, 2B)
+    valid = torch.cat([m, m], dim=0).T                        # (T, 2B)
+    total, count = _masked_info_nce(sim, valid, B)
+    return total / count.clamp(min=1)
+
+
+def _temporal_loss(z1: torch.Tensor, z2: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Contrast timesteps against each other within every series (TS2Vec's temporal loss)."""
+    T = z1.shape[1]
+    z = torch.cat([z1, z2], dim=1)                            # (B, 2T, d)
+    sim = z @ z.transpose(1, 2)                               # (B, 2T, 2T)
+    valid = torch.cat([m, m], dim=1)                          # (B, 2T)
+    total, count = _masked_info_nce(sim, valid, T)
+    return total / count.clamp(min=1)
+
+
+def _masked_max_pool(z: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max-pool ``(B, T, d)`` over time with kernel 2 (floor), ignoring invalid steps.
+
+    A pooled step is valid if either input step is; its value is the max over the
+    valid ones only.  Pooled steps with no valid input are set to 0 (and invalid).
+    """
+    neg = torch.finfo(z.dtype).min
+    zt = z.masked_fill(~m[..., None], neg).transpose(1, 2)
+    pooled = F.max_pool1d(zt, kernel_size=2).transpose(1, 2)
+    pm = F.max_pool1d(m[:, None].to(z.dtype), kernel_size=2)[:, 0] > 0
+    return pooled.masked_fill(~pm[..., None], 0.0), pm
+
+
+def hierarchical_contrastive_loss(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    alpha: float = 0.5,
+    temporal_unit: int = 0,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hierarchical contrastive loss of TS2Vec (Yue et al., AAAI 2022).
+
+    ``z1`` and ``z2`` are the per-timestep representations of the overlapping segment
+    of two crops, aligned so that ``z1[i, t]`` and ``z2[i, t]`` describe the same
+    original timestep (see :func:`tsai_ssl.augment.overlapping_crops`).  At every level
+    of a hierarchy obtained by max-pooling both along time with kernel 2 (odd
+    trailing steps dropped) until one step is left, the loss adds
+
+    * ``alpha`` times the *instance-wise* contrastive loss: at every timestep ``t``,
+      anchor ``z1[i, t]`` has positive ``z2[i, t]`` and negatives ``z1[j, t]``,
+      ``z2[j, t]`` for ``j != i`` (and symmetrically for ``z2``);
+    * ``1 - alpha`` times the *temporal* contrastive loss (only from level
+      ``temporal_unit`` on, and not at the final length-1 level): within series
+      ``i``, anchor ``z1[i, t]`` has positive ``z2[i, t]`` and negatives ``z1[i, t']``,
+      ``z2[i, t']`` for ``t' != t``;
+
+    each an InfoNCE loss on raw dot products (no normalisation, no temperature, as in
+    TS2Vec) averaged over the anchors of both views; the sum is divided by the number
+    of levels.  A loss term with no negatives (batch of one series, one timestep) is 0.
+
+    Mask semantics (``mask[i, t] = False``: step ``t`` of series ``i`` is padding, e.g.
+    because the overlaps of the series have different lengths): an invalid step is
+    neither an anchor, nor a positive, nor a negative; it is excluded from the
+    softmax denominators and from the averages.  Anchors left with no valid negative
+    (a timestep where only one series is valid, a series with one valid step) carry
+    no contrastive signal and are excluded from the averages too.  Pooling ignores
+    invalid steps (a pooled step is valid if any of its two inputs is, and takes the
+    max over the valid ones).  With ``mask=None`` (or all ``True``) the loss equals
+    TS2Vec's.
+
+    Cost: the temporal term builds ``(B, 2T, 2T)`` similarities; crop long series
+    first (TS2Vec caps training length at 3000).
+
+    Args:
+        z1, z2: ``(B, T, d)`` aligned representations.
+        alpha: weight of the instance-wise term (``1 - alpha`` for the temporal term).
+        temporal_unit: first hierarchy level (0 = original resolution) with a temporal term.
+        mask: optional ``(B, T)`` bool, ``True`` at valid timesteps.
+
+    Returns:
+        Scalar loss.
+    """
+    if z1.shape != z2.shape or z1.ndim != 3:
+        raise ValueError(f"z1 and z2 must both be (B, T, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if mask is None:
+        mask = torch.ones(z1.shape[:2], dtype=torch.bool, device=z1.device)
+    elif mask.shape != z1.shape[:2]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)}, expected {tuple(z1.shape[:2])}")
+    mask = mask.to(device=z1.device, dtype=torch.bool)
+
+    loss = z1.new_zeros(())
+    levels = 0
+    while True:
+        if alpha != 0:
+            loss = loss + alpha * _instance_loss(z1, z2, mask)
+        if z1.shape[1] <= 1:
+            levels += 1
+            break
+        if levels >= temporal_unit and alpha != 1:
+            loss = loss + (1 - alpha) * _temporal_loss(z1, z2, mask)
+        levels += 1
+        z1, m1 = _masked_max_pool(z1, mask)
+        z2, _ = _masked_max_pool(z2, mask)
+        mask = m1
+    return loss / levels
+
+
+class HierarchicalContrastiveLoss(nn.Module):
+    """Module wrapper of :func:`hierarchical_contrastive_loss`: ``loss(z1, z2, mask=None)``.
+
+    Args:
+        alpha: weight of the instance-wise term.
+        temporal_unit: first hierarchy level with a temporal term.
+    """
+
+    def __init__(self, alpha: float = 0.5, temporal_unit: int = 0):
+        super().__init__()
+        self.alpha, self.temporal_unit = alpha, temporal_unit
+
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return hierarchical_contrastive_loss(z1, z2, self.alpha, self.temporal_unit, mask)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, temporal_unit={self.temporal_unit}"

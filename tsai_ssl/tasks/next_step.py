@@ -1,0 +1,138 @@
+"""Next-step prediction: predict x[t+1] (or x[t+1..t+k]) from x[..t], with the classifier's own backbone.
+
+tsai's CNNs pad symmetrically, so their output at step t has seen the future. During this task the backbone
+runs through `tsai_ssl.backbone.causal`: every convolution and pooling layer pads on the left only, with the
+*same* parameters, so the weights transfer into the ordinary (non-causal) classifier afterwards. At the start
+of every fit the callback verifies with `check_causal` that no output depends on later steps.
+
+The next value can be a classification over a vocabulary (default 41 values, 0..40: the targets are the exact
+raw integers even when the input is normalised) or a continuous regression (``vocab=None``, MSE/Huber).
+Metrics print next to two trivial baselines on the same steps, so learning beyond copying is visible:
+``repeat_acc`` (predict the previous value) and ``mode_acc`` (always predict the most frequent value).
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..backbone import causal, check_causal
+from .base import CountMetric, PretextTask
+from .masked import IGNORE, check_vocab, pointwise_head
+
+__all__ = ['NextStepPretrain']
+
+
+class _ModeMetric(CountMetric):
+    "Accuracy of always predicting the epoch's most frequent next value (an optimistic constant baseline)."
+
+    def __init__(self, vocab: int):
+        super().__init__(None, 'mode_acc')
+        self.vocab = vocab
+
+    def reset(self): self.hist = torch.zeros(self.vocab, dtype=torch.long)
+
+    def accumulate(self, learn):
+        tgt = learn.yb[0][:, 0]
+        self.hist += torch.bincount(tgt[tgt != IGNORE].flatten().cpu(), minlength=self.vocab)
+
+    @property
+    def value(self): return (self.hist.max() / self.hist.sum()).item() if self.hist.sum() else None
+
+
+class NextStepPretrain(PretextTask):
+    """fastai callback: causal next-value prediction on any backbone `split_backbone` supports.
+
+    Args:
+        horizon: predict the next `horizon` values from each step (loss averaged over all of them).
+        vocab: number of integer values (categorical over 0..vocab-1), or None for a continuous target.
+        loss: continuous only: 'mse' or 'huber'.
+        check: verify causality (a perturbation test on a short random input) at the start of each fit.
+        save_as, save, seed: see `PretextTask`.
+    """
+
+    def __init__(self, horizon: int = 1, vocab: int | None = 41, loss: str = 'mse', check: bool = True,
+                 save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+        super().__init__(save_as=save_as, save=save, seed=seed)
+        if horizon < 1: raise ValueError(f'horizon must be >= 1, got {horizon}')
+        if vocab is not None and vocab < 2: raise ValueError(f'vocab must be >= 2 or None, got {vocab}')
+        if loss not in ('mse', 'huber'): raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+        self.horizon, self.vocab, self.loss_kind, self.check = horizon, vocab, loss, check
+
+    def make_head(self, nf, c_in):
+        self.c_in = c_in
+        return pointwise_head(nf, self.horizon * c_in * (self.vocab or 1))
+
+    @contextlib.contextmanager
+    def wrap_backbone(self, backbone):
+        with causal(backbone):
+            if self.check: check_causal(backbone, self._c_in())
+            yield backbone
+
+    def make_batch(self, x, pad_mask, raw, generator):
+        bs, C, L = x.shape
+        H = self.horizon
+        valid = torch.ones(bs, L, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask
+        if self.vocab is not None:
+            cur = check_vocab(raw, pad_mask, self.vocab)
+            tgt = torch.full((bs, H, C, L), IGNORE, dtype=torch.long, device=x.device)
+            for k in range(1, H + 1):  # H is small (1..a few): a loop over the horizon, not over samples
+                tgt[:, k - 1, :, :L - k] = cur[..., k:].masked_fill(~valid[:, None, k:], IGNORE)
+            return (x,), (tgt, cur)
+        tgt = torch.zeros(bs, H, C, L, device=x.device, dtype=x.dtype)
+        w = torch.zeros(bs, H, 1, L, device=x.device, dtype=x.dtype)
+        for k in range(1, H + 1):
+            tgt[:, k - 1, :, :L - k] = x[..., k:]
+            w[:, k - 1, 0, :L - k] = valid[:, k:].to(x.dtype)
+        return (x,), (tgt, w, x)
+
+    def _logits(self, pred):  # (bs, H*C*V, L) -> (bs, V, H, C, L)
+        bs, _, L = pred.shape
+        return pred.float().reshape(bs, self.horizon, -1, self.vocab, L).permute(0, 3, 1, 2, 4)
+
+    def loss(self, pred, *yb):
+        if self.vocab is None:
+            tgt, w, _ = yb
+            f = F.mse_loss if self.loss_kind == 'mse' else F.huber_loss
+            err = f(pred.float().reshape(tgt.shape), tgt.float(), reduction='none') * w
+            return err.sum() / (w.sum() * tgt.shape[2]).clamp_min(1)
+        tgt = yb[0]
+        n = (tgt != IGNORE).sum()
+        return F.cross_entropy(self._logits(pred), tgt, ignore_index=IGNORE, reduction='sum') / n.clamp_min(1)
+
+    def metrics(self):
+        if self.vocab is None:
+            return [CountMetric(self._sq_err, 'next_mse'), CountMetric(self._repeat_sq_err, 'repeat_mse')]
+        return [CountMetric(lambda p, t, c: self._topk(p, t, 1), 'next_acc'),
+                CountMetric(lambda p, t, c: self._topk(p, t, 3), 'top3_acc'),
+                CountMetric(self._repeat_correct, 'repeat_acc'), _ModeMetric(self.vocab)]
+
+    # metrics on the first horizon step (t+1)
+    def _topk(self, pred, tgt, k):
+        top = self._logits(pred)[:, :, 0].topk(min(k, self.vocab), dim=1).indices  # (bs, k, C, L)
+        t = tgt[:, 0]
+        keep = t != IGNORE
+        return ((top == t[:, None]).any(1) & keep).sum(), keep.sum()
+
+    @staticmethod
+    def _repeat_correct(pred, tgt, cur):
+        t = tgt[:, 0]
+        keep = t != IGNORE
+        return ((cur == t) & keep).sum(), keep.sum()
+
+    def _sq_err(self, pred, tgt, w, x):
+        p = pred.float().reshape(tgt.shape)[:, 0]
+        return (((p - tgt[:, 0]) ** 2) * w[:, 0]).sum(), w[:, 0].sum() * tgt.shape[2]
+
+    @staticmethod
+    def _repeat_sq_err(pred, tgt, w, x):
+        return (((x - tgt[:, 0]) ** 2) * w[:, 0]).sum(), w[:, 0].sum() * tgt.shape[2]
+
+    # -- looking at it ---------------------------------------------------------------------------------
+    def plot_next(self, item: int = 0, dl=None, start: int = 0, steps: int = 200, path: str | Path | None = None):
+        """Predicted distribution of the next value (heat map) against the actual next values over a stretch of
+        a validation series. Returns the matplotlib figure; writes a PNG when `path` is given."""
+        from ..plots import plot_next_step
+        return plot_next_step(self, item=item, dl=dl, start=start, steps=steps, path=path)

@@ -320,7 +320,7 @@ class SSLDataLoaders(DataLoaders):
 def _encode_labels(y, vocab: CategoryMap | None) -> np.ndarray:
     y = np.asarray(y)
     if vocab is None: raise ValueError('These dataloaders are unlabeled: there is no label vocabulary to encode y.')
-    unknown = [o for o in np.unique(y) if o not in vocab.o2i]
+    unknown = [o for o in np.unique(y).tolist() if o not in vocab.o2i]
     if unknown: raise ValueError(f'Labels {unknown[:5]} were not seen in the training labels {list(vocab)[:10]}.')
     return np.array([vocab.o2i[o] for o in y], dtype=np.int64)
 
@@ -345,7 +345,7 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
     if len(series) == 0: raise ValueError('Empty data: no series given.')
     if y is not None: y = np.asarray(y)
     validate_series(series if not _is_store(series) else _StoreChecker(series), y, min_len=min_len, vocab=input_vocab)
-    vocab = CategoryMap(list(y), sort=True) if y is not None else None
+    vocab = CategoryMap(y.tolist(), sort=True) if y is not None else None
     yy = _encode_labels(y, vocab) if y is not None else None
     ds = SeriesDataset(series, yy)
     if splits is None: train_idx, valid_idx = np.arange(len(ds)), np.array([], dtype=np.int64)

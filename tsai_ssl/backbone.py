@@ -126,6 +126,7 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
         bb = Backbone(parts, arch=name)
     else:
         bb = Backbone(graph=_traced_parts(model), arch=name)
+    bb.training = model.training
     bb.nf = _infer_nf(bb, c_in or infer_c_in(model))
     return bb
 
@@ -143,10 +144,12 @@ def _infer_nf(bb: nn.Module, c_in: int, seq_len: int = 64) -> int:
 
 @contextlib.contextmanager
 def _eval_mode(m: nn.Module) -> Iterator[None]:
-    was = m.training
+    "Eval mode inside; every submodule gets its own previous mode back (shared modules: never flip the classifier)."
+    modes = [(mod, mod.training) for mod in m.modules()]
     m.eval()
     try: yield
-    finally: m.train(was)
+    finally:
+        for mod, was in modes: mod.training = was
 
 
 # ----------------------------------------------------------------------------------------------------

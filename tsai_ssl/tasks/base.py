@@ -27,7 +27,7 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Metric
 
-from ..backbone import Backbone, split_backbone
+from ..backbone import Backbone, _eval_mode, split_backbone
 from ..data import batch_pad_mask, batch_raw_input
 from ..transfer import save_backbone, weights_path
 
@@ -198,13 +198,9 @@ class PretextTask(Callback):
         mask = None if mask is None else mask[:n]
         backbone = split_backbone(clf)
         model = PretextModel(backbone, self.head)
-        was = model.training
-        model.eval()
-        try:
-            with self.wrap_backbone(backbone):
-                xb, yb = self.make_batch(x, mask, raw, torch.Generator().manual_seed(seed))
-                pred = model(*xb)
-        finally: model.train(was)
+        with _eval_mode(model), self.wrap_backbone(backbone):
+            xb, yb = self.make_batch(x, mask, raw, torch.Generator().manual_seed(seed))
+            pred = model(*xb)
         return dict(x=x, pad_mask=mask, raw=raw, xb=xb, yb=yb, pred=pred)
 
     # -- saving --------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class PretextTask(Callback):
     def __init__(self, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
         if save not in ('best', 'last', 'both'): raise ValueError(f"save must be 'best', 'last' or 'both', not {save!r}")
         self.save_as, self.save, self.seed = save_as, save, seed
-        self.head, self.backbone, self._saved = None, None, None
+        self.pretext_head, self.pretext_backbone, self._saved = None, None, None
         self.best, self.saved_paths = float('inf'), []
 
     # -- to implement ---------------------------------------------------------------------------------
@@ -109,16 +109,16 @@ class PretextTask(Callback):
         learn = self.learn
         if self.attached: self._restore()  # left over from an interrupted fit outside an epoch
         clf = learn.model
-        self.backbone = split_backbone(clf)
+        self.pretext_backbone = split_backbone(clf)
         p = next(clf.parameters())
-        if self.head is None:
-            self.head = self.make_head(self.backbone.nf, self._c_in())
-        self.head.to(p.device)
-        self._ctx = self.wrap_backbone(self.backbone)
+        if self.pretext_head is None:
+            self.pretext_head = self.make_head(self.pretext_backbone.nf, self._c_in())
+        self.pretext_head.to(p.device)
+        self._ctx = self.wrap_backbone(self.pretext_backbone)
         self._ctx.__enter__()
         self._saved = dict(model=clf, loss_func=learn.loss_func, metrics=learn.metrics, n_opt=None)
         try:
-            learn.model = PretextModel(self.backbone, self.head).train(clf.training)
+            learn.model = PretextModel(self.pretext_backbone, self.pretext_head).train(clf.training)
             learn.loss_func = self.loss
             learn.metrics = self.metrics()
             self._add_head_to_opt()
@@ -142,7 +142,7 @@ class PretextTask(Callback):
 
     def _add_head_to_opt(self):
         opt = self.learn.opt
-        params = list(self.head.parameters())
+        params = list(self.pretext_head.parameters())
         self._saved['n_opt'] = len(opt.param_lists[-1])
         opt.param_lists[-1] = opt.param_lists[-1] + params  # a new L: `+=` would not reach the optimizer
         for p in params:  # Adam moments of the head survive between fits
@@ -188,7 +188,7 @@ class PretextTask(Callback):
     def pretext_batch(self, dl=None, n: int = 3, seed: int = 0) -> dict:
         """Run the trained pretext model (eval mode) on the first `n` series of one batch of `dl` (default: the
         validation loader, else training). Returns x, pad_mask, raw, xb, yb and pred for plots."""
-        if self.head is None: raise RuntimeError('The pretext head does not exist yet: fit the Learner with this callback first.')
+        if self.pretext_head is None: raise RuntimeError('The pretext head does not exist yet: fit the Learner with this callback first.')
         learn = self.learn
         dl = dl or (learn.dls.valid if len(learn.dls.valid) else learn.dls.train)
         clf = self._saved['model'] if self.attached else learn.model
@@ -197,7 +197,7 @@ class PretextTask(Callback):
         x, raw = x[:n].as_subclass(torch.Tensor), raw[:n].as_subclass(torch.Tensor)
         mask = None if mask is None else mask[:n]
         backbone = split_backbone(clf)
-        model = PretextModel(backbone, self.head)
+        model = PretextModel(backbone, self.pretext_head)
         with _eval_mode(model), self.wrap_backbone(backbone):
             xb, yb = self.make_batch(x, mask, raw, torch.Generator().manual_seed(seed))
             pred = model(*xb)
@@ -226,7 +226,7 @@ class PretextTask(Callback):
 
     def _save(self, name, meta):
         path = weights_path(self.learn, name)
-        save_backbone(self.backbone, path, meta)
+        save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)
 
 

@@ -186,6 +186,10 @@ class SeriesDataset:
         x = self.series[i]
         return (x,) if self.y is None else (x, self.y[i])
 
+    def new_empty(self) -> 'SeriesDataset':
+        "No series, same kind (fastai's `learn.export` keeps loaders without their data)."
+        return SeriesDataset([], None if self.y is None else self.y[:0], self.split_idx)
+
     def subset(self, idxs) -> 'SeriesDataset':
         idxs = np.asarray(idxs, dtype=np.int64)
         series = [self.series[i] for i in idxs]

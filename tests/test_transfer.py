@@ -1,0 +1,87 @@
+import pytest
+import torch
+from fastai.metrics import accuracy
+from tsai.learner import ts_learner
+from tsai.models.FCN import FCN
+from tsai.models.InceptionTimePlus import InceptionTimePlus
+from tsai.models.ResNet import ResNet
+from tsai.models.ResNetPlus import ResNetPlus
+from tsai.models.TCN import TCN
+from tsai.models.XceptionTimePlus import XceptionTimePlus
+
+from conftest import ar_counts
+from helpers import fit_quiet, unlabeled_dls
+from test_backbone import UserNet
+from tsai_ssl import MaskedValuePretrain, NextStepPretrain, get_ssl_dls, load_pretrained, split_backbone
+
+
+def labeled_dls(n_classes):
+    X, y = ar_counts(24, n_classes=n_classes, seed=3)
+    y[:n_classes] = range(n_classes)
+    return get_ssl_dls(X, y, bs=8)
+
+
+def make(arch, dls):
+    return ts_learner(dls, UserNet(c_out=dls.c or 1)) if arch is UserNet else ts_learner(dls, arch, metrics=accuracy)
+
+
+CASES = [(MaskedValuePretrain, a) for a in (ResNet, ResNetPlus, InceptionTimePlus, XceptionTimePlus, FCN, TCN, UserNet)]
+CASES += [(NextStepPretrain, a) for a in (ResNet, ResNetPlus, InceptionTimePlus, TCN, UserNet)]
+
+
+@pytest.mark.parametrize('task, arch', CASES, ids=[f'{t.__name__}-{a.__name__}' for t, a in CASES])
+def test_learn_load_changes_exactly_the_backbone(arch, task, tmp_path):
+    if arch is UserNet: pre = ts_learner(unlabeled_dls(n=24, bs=8), UserNet(c_out=1), cbs=task(save_as='ssl', save='last'))
+    else: pre = ts_learner(unlabeled_dls(n=24, bs=8), arch, cbs=task(save_as='ssl', save='last'))
+    fit_quiet(pre, 1)
+    saved = torch.load(tmp_path / 'models' / 'ssl.pth')
+    for n_classes in (2, 5):
+        clf = make(arch, labeled_dls(n_classes))
+        before = {k: v.clone() for k, v in clf.model.state_dict().items()}
+        clf.load('ssl', strict=False)  # fastai's own load
+        after = clf.model.state_dict()
+        backbone = set(split_backbone(clf.model).state_dict())
+        assert set(saved) == backbone
+        for k, v in after.items():
+            if k in backbone: assert torch.equal(v.cpu(), saved[k])
+            else: assert torch.equal(v, before[k])  # head untouched
+    fit_quiet(clf, 1)  # and it fine-tunes
+
+
+def test_load_pretrained_report_and_errors(tmp_path):
+    pre = ts_learner(unlabeled_dls(n=24, bs=8), ResNetPlus, cbs=MaskedValuePretrain(save_as='ssl', save='both'))
+    fit_quiet(pre, 2)
+    assert (tmp_path / 'models' / 'ssl_last.pth').exists()
+    clf = make(ResNetPlus, labeled_dls(3))
+    rep = load_pretrained(clf, 'ssl')
+    assert len(rep.transferred) == len(split_backbone(clf.model).state_dict()) and rep.meta['task'] == 'MaskedValuePretrain'
+    other = make(InceptionTimePlus, labeled_dls(3))
+    with pytest.raises(ValueError, match=r'does not fit the backbone of .*tensors missing'):
+        load_pretrained(other, 'ssl')
+    with pytest.raises(FileNotFoundError, match='No weights file'):
+        load_pretrained(clf, 'nope')
+    data = (tmp_path / 'models' / 'ssl.pth').read_bytes()
+    (tmp_path / 'models' / 'broken.pth').write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match='truncated, corrupt'):
+        load_pretrained(clf, 'broken')
+    assert not list((tmp_path / 'models').glob('*.tmp'))  # atomic writes leave nothing behind
+
+
+def test_tsai_pretrained_weights_path(tmp_path):
+    pre = ts_learner(unlabeled_dls(n=24, bs=8), ResNetPlus, cbs=MaskedValuePretrain(save_as='ssl'))
+    fit_quiet(pre, 1)
+    saved = torch.load(tmp_path / 'models' / 'ssl.pth')
+    clf = ts_learner(labeled_dls(2), ResNetPlus, pretrained=True, weights_path=tmp_path / 'models' / 'ssl.pth')
+    for k, v in split_backbone(clf.model).state_dict().items(): assert torch.equal(v.cpu(), saved[k])
+
+
+def test_export_roundtrip_of_finetuned_classifier(tmp_path):
+    from fastai.learner import load_learner
+    clf = make(ResNetPlus, labeled_dls(2))
+    fit_quiet(clf, 1)
+    clf.export(tmp_path / 'clf.pkl')
+    new, _ = ar_counts(3, seed=9)
+    p1, _ = clf.get_preds(dl=clf.dls.test_dl(new))
+    back = load_learner(tmp_path / 'clf.pkl')
+    p2, _ = back.get_preds(dl=back.dls.test_dl(new))
+    assert torch.allclose(p1, p2)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+from tsai.learner import ts_learner
+from tsai.models.ResNetPlus import ResNetPlus
+from tsai.models.utils import build_ts_model
+
+from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
+from test_backbone import UserNet
+from tsai_ssl import NextStepPretrain
+from tsai_ssl.tasks.masked import IGNORE
+
+
+def test_targets_are_next_raw_integers_and_ignore_padding():
+    task = NextStepPretrain(horizon=2)
+    task.make_head(8, 1)
+    raw = torch.randint(0, 41, (3, 1, 20)).float()
+    pad = torch.arange(20)[None] < torch.tensor([20, 15, 9])[:, None]
+    x = (raw - 20) / 7  # the model sees normalised input
+    (xi,), (tgt, cur) = task.make_batch(x, pad, raw, None)
+    assert torch.equal(xi, x)
+    for i, L in enumerate([20, 15, 9]):
+        for k in (1, 2):
+            assert torch.equal(tgt[i, k - 1, 0, :L - k], raw[i, 0, k:L].long())
+            assert (tgt[i, k - 1, 0, L - k:] == IGNORE).all()  # no target beyond the series end / in padding
+
+
+def test_loss_matches_reference():
+    task = NextStepPretrain(horizon=1)
+    task.make_head(8, 1)
+    raw = torch.randint(0, 41, (2, 1, 12)).float()
+    pad = torch.ones(2, 12, dtype=torch.bool); pad[1, 7:] = False
+    _, (tgt, cur) = task.make_batch(raw, pad, raw, None)
+    pred = torch.randn(2, 41, 12)
+    ref, n = 0., 0
+    for i, L in enumerate([12, 7]):
+        for t in range(L - 1):
+            ref -= torch.log_softmax(pred[i, :, t], 0)[int(raw[i, 0, t + 1])].item(); n += 1
+    assert task.loss(pred, tgt, cur).item() == pytest.approx(ref / n, rel=1e-5)
+
+
+def test_fit_is_causal_restores_and_reports_baselines():
+    cb = NextStepPretrain()
+    learn = ts_learner(unlabeled_dls(), ResNetPlus, cbs=cb)
+    learn.create_opt()
+    state = learner_state(learn)
+    x = torch.randn(1, 1, 64)
+    learn.model.eval(); before = learn.model(x)
+    fit_quiet(learn, 2, lr=3e-3)
+    assert_restored(learn, state)
+    names = learn.recorder.metric_names[1:-1]
+    assert names == ['train_loss', 'valid_loss', 'next_acc', 'top3_acc', 'repeat_acc', 'mode_acc']
+    vals = dict(zip(names, learn.recorder.values[-1]))
+    assert 0 <= vals['next_acc'] <= vals['top3_acc'] <= 1 and 0 < vals['repeat_acc'] < 1
+    learn.model.eval()
+    assert learn.model(x).shape == before.shape  # the ordinary (non-causal) classifier is back
+    # the saved weights came from a causal run but are the same tensors: nothing to convert
+    cb.plot_next(steps=50)
+
+
+def test_interrupted_fit_restores_causal_patches():
+    learn = ts_learner(unlabeled_dls(), UserNet(c_out=2), cbs=NextStepPretrain())
+    learn.create_opt()
+    state = learner_state(learn)
+    with pytest.raises(KeyboardInterrupt):
+        fit_quiet(learn, 1, cbs=RaiseAt(1))
+    assert_restored(learn, state)
+    assert not any('forward' in m.__dict__ for m in learn.model.modules())  # no causal patch left behind
+
+
+def test_backbone_that_cannot_be_causal_is_refused_and_restored():
+    model = build_ts_model(ResNetPlus, c_in=1, c_out=2, seq_len=64, device='cpu', se=4)
+    learn = ts_learner(unlabeled_dls(), model, cbs=NextStepPretrain())
+    learn.create_opt(); state = learner_state(learn)
+    with pytest.raises(NotImplementedError, match='mixes information across all time steps'):
+        fit_quiet(learn, 1)
+    assert_restored(learn, state)
+
+
+def test_continuous_mode():
+    learn = ts_learner(unlabeled_dls(), ResNetPlus, cbs=NextStepPretrain(vocab=None, horizon=3, loss='huber'))
+    fit_quiet(learn, 1)
+    assert learn.recorder.metric_names[3:5] == ['next_mse', 'repeat_mse']

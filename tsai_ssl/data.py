@@ -115,11 +115,9 @@ def to_series_list(X) -> list[np.ndarray]:
 def _trim_nan_padding(x: np.ndarray, i: int) -> np.ndarray:
     "tsai pads variable-length series with trailing NaN: keep the prefix, refuse NaN anywhere else."
     nan_step = np.isnan(x).any(0)
-    n_real = len(nan_step) - int(np.argmin(nan_step[::-1])) if not nan_step.all() else 0
-    if nan_step[-1]:  # trailing NaN run: length of real prefix is the last non-NaN step + 1
-        last_real = np.flatnonzero(~nan_step)
-        n_real = int(last_real[-1]) + 1 if len(last_real) else 0
-    if n_real and nan_step[:n_real].any():
+    real = np.flatnonzero(~nan_step)
+    n_real = int(real[-1]) + 1 if len(real) else 0
+    if nan_step[:n_real].any():
         t = int(np.flatnonzero(nan_step[:n_real])[0])
         raise ValueError(f'Series {i} has NaN at step {t}, inside the series (NaN is only allowed as trailing padding).')
     return x[:, :n_real]

@@ -81,7 +81,7 @@ class PretextTask(Callback):
             ('best' to ``save_as`` and the last epoch to ``<save_as>_last``).
         seed: seed of the fixed validation masks/views (same every epoch, so validation losses compare).
     """
-    order = 45
+    order = -5  # before_fit: after TrainEvalCallback (-10), before DistributedTrainer (11), Recorder (50), LRFinder (60)
     _late_order = 70
 
     def __init__(self, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):

@@ -35,6 +35,7 @@ order of events). For TS2Vec the crops are the layout augmentation and only valu
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -99,6 +100,16 @@ def stack_views(x1: torch.Tensor, m1: torch.Tensor | None, x2: torch.Tensor, m2:
     return torch.cat([a, b]), torch.cat([ma, mb])
 
 
+def _random_window(x: torch.Tensor, mask: torch.Tensor | None, max_len: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    "Each series longer than `max_len` cut to a uniformly placed window of `max_len` real steps."
+    n = mask.sum(1) if mask is not None else torch.full((x.shape[0],), x.shape[-1], device=x.device)
+    crop = n.clamp(max=max_len)
+    dev = generator.device if generator is not None else x.device
+    u = torch.rand(x.shape[0], generator=generator, device=dev).to(x.device)
+    start = torch.minimum((u * (n - crop + 1)).long(), n - crop)
+    return gather_segments(x, start, crop, out_len=int(crop.max()))
+
+
 def contrastive_correct(z: torch.Tensor) -> tuple[torch.Tensor, int]:
     """For ``z = [z1; z2]`` ``(2n, d)``: how many anchors have their other view as the most (cosine-)similar of the
     other ``2n - 1`` rows, and ``2n``."""
@@ -121,19 +132,24 @@ class ContrastivePretrain(PretextTask):
         proj_dim, hidden: projection head output and hidden sizes (hidden defaults to the backbone's nf).
         alpha, temporal_unit: TS2Vec: weight of the instance-wise term, first hierarchy level with a temporal term.
         min_overlap: TS2Vec: minimum overlap of the two crops as a fraction of each series.
+        max_len: first cut every series longer than this to a random window of ``max_len`` steps (training and
+            validation; validation loaders give full series). TS2Vec's temporal loss builds ``(bs, 2T, 2T)``
+            similarities, so it defaults to 3000 there, as in TS2Vec; None (no cut) for NT-Xent.
         pad_aware: run the backbone under `padding_aware` (recommended; see the module docstring).
         save_as, save, seed: see `PretextTask`.
     """
 
     def __init__(self, augs: Sequence[Callable] | Callable | None = None, loss: str = 'ntxent',
                  temperature: float = 0.1, proj_dim: int = 128, hidden: int | None = None, alpha: float = 0.5,
-                 temporal_unit: int = 0, min_overlap: float = 0., pad_aware: bool = True,
-                 save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+                 temporal_unit: int = 0, min_overlap: float = 0., max_len: int | None | str = 'auto',
+                 pad_aware: bool = True, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
         super().__init__(save_as=save_as, save=save, seed=seed)
         if loss not in ('ntxent', 'ts2vec'): raise ValueError(f"loss must be 'ntxent' or 'ts2vec', got {loss!r}")
         if temperature <= 0: raise ValueError(f'temperature must be > 0, got {temperature}')
         if not 0 <= alpha <= 1: raise ValueError(f'alpha must be in [0, 1], got {alpha}')
         if temporal_unit < 0: raise ValueError(f'temporal_unit must be >= 0, got {temporal_unit}')
+        if max_len == 'auto': max_len = 3000 if loss == 'ts2vec' else None
+        if max_len is not None and max_len < 2: raise ValueError(f'max_len must be >= 2 or None, got {max_len}')
         if augs is None: augs = default_augs(loss)
         self.aug = augs if callable(augs) and not isinstance(augs, (list, tuple)) else Compose(list(augs))
         if loss == 'ts2vec' and getattr(self.aug, 'changes_layout', False):
@@ -141,7 +157,8 @@ class ContrastivePretrain(PretextTask):
                              f'layout-preserving augmentations (no RandomCrop/Resize), got {self.aug!r}.')
         self.loss_kind, self.temperature, self.proj_dim, self.hidden = loss, temperature, proj_dim, hidden
         self.alpha, self.temporal_unit, self.min_overlap, self.pad_aware = alpha, temporal_unit, min_overlap, pad_aware
-        self._pa, self._hooks = None, []
+        self.max_len = max_len
+        self._pa, self._hooks, self._warned_single = None, [], False
 
     # -- head and backbone -----------------------------------------------------------------------------
     def make_head(self, nf, c_in):
@@ -180,18 +197,23 @@ class ContrastivePretrain(PretextTask):
     # -- batches ---------------------------------------------------------------------------------------
     def make_batch(self, x, pad_mask, raw, generator):
         x, mask = clean_input(x, pad_mask)
+        if self.max_len is not None and x.shape[-1] > self.max_len: x, mask = _random_window(x, mask, self.max_len, generator)
         if self.loss_kind == 'ts2vec':
             x1, m1, x2, m2, ov = overlapping_crops(x, mask, self.min_overlap, 2 ** (self.temporal_unit + 1), generator)
             x1, m1 = self.aug(x1, m1, generator=generator)
             x2, m2 = self.aug(x2, m2, generator=generator)
             xb, mb = stack_views(x1, m1, x2, m2)
-            return (xb, mb), (torch.stack([ov.start1, ov.start2, ov.length], 1),)
-        x1, m1 = self.aug(x, mask, generator=generator)
-        x2, m2 = self.aug(x, mask, generator=generator)
-        xb, mb = stack_views(x1, m1, x2, m2)
-        n = x.shape[0]
-        idx = torch.arange(n, device=x.device)
-        return (xb, mb), (torch.cat([idx + n, idx]),)  # target: the row of each anchor's positive
+            yb = (torch.stack([ov.start1, ov.start2, ov.length], 1),)
+        else:
+            x1, m1 = self.aug(x, mask, generator=generator)
+            x2, m2 = self.aug(x, mask, generator=generator)
+            xb, mb = stack_views(x1, m1, x2, m2)
+            n = x.shape[0]
+            idx = torch.arange(n, device=x.device)
+            yb = (torch.cat([idx + n, idx]),)  # target: the row of each anchor's positive
+        # also for a pretext model run outside fit (`pretext_batch`): the next forward is on these views
+        if self._pa is not None: self._pa.mask = mb
+        return (xb, mb), yb
 
     # -- loss and metrics --------------------------------------------------------------------------------
     def _overlaps(self, pred, ov):
@@ -207,6 +229,10 @@ class ContrastivePretrain(PretextTask):
             o1, o2, om = self._overlaps(pred, yb[0])
             return hierarchical_contrastive_loss(o1, o2, self.alpha, self.temporal_unit, mask=om)
         n = pred.shape[0] // 2
+        if n < 2 and not self._warned_single:
+            self._warned_single = True
+            warnings.warn('A batch with a single series: NT-Xent has no negatives and its loss is 0. Use at least 2 '
+                          'series per batch (drop_last=True for training, 2+ validation series).', stacklevel=2)
         z = pred.float()
         return nt_xent(z[:n], z[n:], self.temperature)
 
@@ -230,7 +256,8 @@ class TS2VecPretrain(ContrastivePretrain):
 
     def __init__(self, augs: Sequence[Callable] | Callable | None = None, proj_dim: int = 128,
                  hidden: int | None = None, alpha: float = 0.5, temporal_unit: int = 0, min_overlap: float = 0.,
-                 pad_aware: bool = True, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+                 max_len: int | None = 3000, pad_aware: bool = True, save_as: str | Path | None = None,
+                 save: str = 'best', seed: int = 0):
         super().__init__(augs=augs, loss='ts2vec', proj_dim=proj_dim, hidden=hidden, alpha=alpha,
-                         temporal_unit=temporal_unit, min_overlap=min_overlap, pad_aware=pad_aware,
+                         temporal_unit=temporal_unit, min_overlap=min_overlap, max_len=max_len, pad_aware=pad_aware,
                          save_as=save_as, save=save, seed=seed)

@@ -1,0 +1,375 @@
+"""Frozen representations: padding-aware pooled backbone features, a linear probe, and a probe callback.
+
+    emb = get_embeddings(learn, X)                 # (N, nf), rows in the order of X, any lengths
+    acc = linear_probe(emb_train, y_train, emb_test, y_test)
+    learn = ts_learner(dls, ResNetPlus, cbs=[ContrastivePretrain(), LinearProbe(X_lab, y_lab, every=2)])
+
+Padding invariance. A convolution sees its neighbours, so in a right-padded batch the last real steps of a short
+series see the padded steps of the batch, which hold non-zero activations after the first layer (biases,
+BatchNorm shifts). `padding_aware` removes that leak without touching the model's parameters: while it is active,
+every time-mixing layer of the backbone (``Conv1d`` with a kernel > 1, tsai's ``SameConv1d``, ``ConstantPad1d``,
+``MaxPool1d``, ``AvgPool1d``) gets its input at padded steps overwritten with what the layer would see past the
+end of the series if the series were alone (0, the pad value, or -inf for max pooling), and ``BatchNorm1d`` in
+training mode computes its batch statistics (and running statistics) over real steps only. Pointwise layers
+(1x1 convolutions, BatchNorm in eval mode, activations, residual additions) cannot leak. Pooling with
+`masked_mean` / `masked_max` then gives, in eval mode, the embedding the series gets alone, within float
+tolerance. Not covered (they mix all steps or reflect at the edge): squeeze-excite / attention / instance norm
+inside the backbone, reflect/replicate padding, ``AvgPool1d(count_include_pad=False)`` and convolutions called
+functionally (``F.conv1d``) instead of as modules.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+from fastai.learner import Learner, Metric
+
+from .backbone import Backbone, masked_max, masked_mean, split_backbone
+from .data import (BucketedDL, SeriesDataset, SSLDataLoaders, batch_pad_mask, to_series_list, validate_series)
+
+__all__ = ['PaddingAware', 'padding_aware', 'backbone_of', 'pool_features', 'clean_input', 'get_embeddings',
+           'linear_probe', 'LinearProbe']
+
+_POOLS = ('mean', 'max', 'meanmax')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Padding-aware backbone
+# ----------------------------------------------------------------------------------------------------
+class PaddingAware:
+    """Makes the time-mixing layers of `module` ignore padded steps while ``self.mask`` is set (see the module
+    docstring). Use it as a context manager (`padding_aware`); set the mask per forward with `using`::
+
+        with padding_aware(backbone) as pa, pa.using(mask):
+            h = backbone(x)          # h at real steps == what each series gives alone (eval mode)
+
+    With ``mask=None`` every layer behaves exactly as without the context. A mask is only applied to inputs
+    shaped ``(bs, C, L)`` with the mask's ``bs`` and ``L``, so layers that see a longer, internally padded input
+    (e.g. the convolution inside ``SameConv1d``) are left alone; their padding module handled it.
+
+    Args:
+        module: the backbone (its parameters are untouched; layers are hooked/patched in place until exit).
+        batchnorm: compute training-mode ``BatchNorm1d`` statistics over real steps only.
+    """
+
+    def __init__(self, module: nn.Module, batchnorm: bool = True):
+        self.module, self.batchnorm = module, batchnorm
+        self.mask: torch.Tensor | None = None
+        self._handles, self._patched = [], []
+
+    # -- install / remove ----------------------------------------------------------------------------
+    def __enter__(self) -> 'PaddingAware':
+        try:
+            for m in self.module.modules():
+                fill = _fill_value(m)
+                if fill is not None:
+                    self._handles.append(m.register_forward_pre_hook(self._pre_hook(fill)))
+                    if isinstance(m, nn.MaxPool1d): self._handles.append(m.register_forward_hook(self._zero_out_hook))
+                elif self.batchnorm and isinstance(m, nn.BatchNorm1d):
+                    prev = m.__dict__.get('forward')
+                    m.forward = self._bn_forward(m, prev)
+                    self._patched.append((m, prev))
+        except BaseException:
+            self.__exit__(None, None, None); raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles: h.remove()
+        for m, prev in reversed(self._patched):
+            if prev is None: m.__dict__.pop('forward', None)
+            else: m.forward = prev
+        self._handles, self._patched, self.mask = [], [], None
+        return False
+
+    @contextlib.contextmanager
+    def using(self, mask: torch.Tensor | None) -> Iterator['PaddingAware']:
+        "Set the padding mask (bool ``(bs, L)``, True = real step) for the forwards run inside."
+        prev, self.mask = self.mask, mask
+        try: yield self
+        finally: self.mask = prev
+
+    # -- hooks -----------------------------------------------------------------------------------------
+    def _mask_for(self, x) -> torch.Tensor | None:
+        m = self.mask
+        if m is None or not torch.is_tensor(x) or x.ndim != 3: return None
+        if x.shape[0] != m.shape[0] or x.shape[-1] != m.shape[-1]: return None
+        return m.to(x.device)
+
+    def _pre_hook(self, fill):
+        def hook(mod, args):
+            if not args: return None
+            m = self._mask_for(args[0])
+            if m is None: return None
+            x = args[0]
+            v = torch.finfo(x.dtype).min if fill == 'min' else fill
+            return (x.masked_fill(~m[:, None], v),) + tuple(args[1:])
+        return hook
+
+    def _zero_out_hook(self, mod, args, out):
+        m = self._mask_for(out)
+        return None if m is None else out.masked_fill(~m[:, None], 0.)
+
+    def _bn_forward(self, bn: nn.BatchNorm1d, prev):
+        orig = prev if prev is not None else (lambda x: type(bn).forward(bn, x))
+        def forward(x):
+            use_batch_stats = bn.training or bn.running_mean is None
+            m = self._mask_for(x) if use_batch_stats else None
+            if m is None: return orig(x)
+            return _masked_batch_norm(bn, x, m)
+        return forward
+
+
+def padding_aware(module: nn.Module, batchnorm: bool = True) -> PaddingAware:
+    "A `PaddingAware` context for `module` (see there)."
+    return PaddingAware(module, batchnorm)
+
+
+def _fill_value(m: nn.Module):
+    "What a time-mixing layer sees past the end of a lone series (None: pointwise or not handled)."
+    kind = type(m).__name__
+    if kind in ('SameConv1d',): return 0.
+    if isinstance(m, nn.Conv1d):
+        if getattr(m, 'padding_mode', 'zeros') != 'zeros': return None
+        k, p = m.kernel_size[0], m.padding
+        if k == 1 and (p == 'valid' or p == (0,) or p == 0): return None  # pointwise
+        return 0.
+    if isinstance(m, nn.ConstantPad1d): return float(m.value)
+    if isinstance(m, nn.MaxPool1d): return 'min'
+    if isinstance(m, nn.AvgPool1d): return 0.
+    return None
+
+
+def _masked_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    "Batch norm of ``x (bs, C, L)`` with statistics over real steps only; updates running statistics likewise."
+    xf = x.float()
+    w = mask[:, None].to(xf.dtype)
+    n = w.sum()
+    if n < 2: return type(bn).forward(bn, x)
+    mean = (xf * w).sum((0, 2)) / n
+    var = (((xf - mean[:, None]) ** 2) * w).sum((0, 2)) / n
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            mom = bn.momentum if bn.momentum is not None else 1. / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - mom).add_(mom * mean.detach().to(bn.running_mean.dtype))
+            unbiased = var.detach() * (n / (n - 1))
+            bn.running_var.mul_(1 - mom).add_(mom * unbiased.to(bn.running_var.dtype))
+    y = (xf - mean[:, None]) * torch.rsqrt(var[:, None] + bn.eps)
+    if bn.affine: y = y * bn.weight[:, None].float() + bn.bias[:, None].float()
+    return y if torch.is_autocast_enabled() else y.to(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Embeddings
+# ----------------------------------------------------------------------------------------------------
+def backbone_of(learn_or_model) -> Backbone:
+    """The per-timestep backbone of a Learner or model: the pretext model's backbone during pretraining,
+    the classifier's (`split_backbone`) otherwise; (Distributed)DataParallel wrappers are unwrapped."""
+    model = learn_or_model.model if isinstance(learn_or_model, Learner) else learn_or_model
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+    from .tasks.base import PretextModel  # here, not at the top: tasks import this module
+    if isinstance(model, PretextModel): return model.backbone
+    return split_backbone(model)
+
+
+def pool_features(h: torch.Tensor, mask: torch.Tensor | None, pool: str | Callable = 'mean') -> torch.Tensor:
+    "Pool backbone features ``(bs, nf, L)`` over real steps: 'mean', 'max', 'meanmax' (concatenated) or a callable."
+    if callable(pool): return pool(h, mask)
+    if pool == 'mean': return masked_mean(h, mask)
+    if pool == 'max': return masked_max(h, mask)
+    if pool == 'meanmax': return torch.cat([masked_mean(h, mask), masked_max(h, mask)], 1)
+    raise ValueError(f'pool must be one of {_POOLS} or a callable, not {pool!r}')
+
+
+def clean_input(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A model input without NaN: tsai-style NaN padding becomes a mask (a step is real when none of its channels is
+    NaN) and NaN / padded steps are set to 0."""
+    if mask is None and x.is_floating_point() and bool(torch.isnan(x).any()):
+        mask = ~torch.isnan(x).any(1)
+    if mask is not None:
+        x = x.masked_fill(~mask[:, None], 0.)
+    return x, mask
+
+
+def _loader_for(learn: Learner | None, data, bs: int, device) -> tuple[object, list[int] | None]:
+    """A loader over `data` (in a length-sorted order) and the dataset index of each row it yields (None: in order)."""
+    from fastai.data.load import DataLoader as FastaiDL
+    if isinstance(data, torch.utils.data.DataLoader): return data, None
+    if isinstance(data, FastaiDL):
+        kw = dict(shuffle=False, drop_last=False)
+        if isinstance(data, BucketedDL): kw['crop'] = False
+        dl = data.new(**kw)
+        return dl, [int(i) for i in dl.get_idxs()]
+    dls = getattr(learn, 'dls', None) if learn is not None else None
+    if isinstance(dls, SSLDataLoaders):
+        dl = dls.test_dl(data, bs=bs)
+    else:
+        series = to_series_list(data)
+        validate_series(series)
+        kw = {}
+        valid = getattr(dls, 'valid', None) if dls is not None else None
+        if valid is not None and getattr(valid, 'after_batch', None) is not None and len(valid.after_batch.fs):
+            kw = dict(after_batch=valid.after_batch, do_setup=False)  # the learner's (fitted) batch transforms
+        dl = BucketedDL(SeriesDataset(series, split_idx=1), bs=bs, shuffle=False, device=device, **kw)
+    return dl, [int(i) for i in dl.get_idxs()]
+
+
+def get_embeddings(learn_or_model, data, bs: int = 64, pool: str | Callable = 'mean', progress: bool = True,
+                   pad_aware: bool = True) -> np.ndarray:
+    """Pooled backbone features ``(N, nf)`` (``2 * nf`` for 'meanmax') of series of any length, rows in input order.
+
+    Args:
+        learn_or_model: a Learner (its dls' batch transforms are applied), a classifier, a `PretextModel` or a
+            `Backbone`.
+        data: a list of ``(L_i,)`` / ``(C, L_i)`` series, an ``(N, C, L)`` array (trailing NaN = padding), a
+            `RaggedStore`, or a DataLoader (a fastai one is re-made unshuffled and uncropped; a plain torch one is
+            used as it is and must yield batches ``x`` or ``(x, ...)`` in order).
+        bs: batch size (series are bucketed by length, so little padding).
+        pool: 'mean', 'max', 'meanmax' or ``f(h, mask) -> (bs, d)``; over real steps only.
+        progress: show a fastprogress bar when there are more than a few batches.
+        pad_aware: run the backbone under `padding_aware`, so a series gets the same embedding alone as padded
+            in a batch with longer ones.
+
+    The model runs in eval mode without gradients, on its own device; its train/eval mode is restored.
+    """
+    learn = learn_or_model if isinstance(learn_or_model, Learner) else None
+    bb = backbone_of(learn_or_model)
+    dl, order = _loader_for(learn, data, bs, next(bb.parameters()).device)
+    return _embed_loader(bb, dl, order, pool, progress, pad_aware)
+
+
+@torch.no_grad()
+def _embed_loader(bb: nn.Module, dl, order, pool, progress: bool, pad_aware: bool) -> np.ndarray:
+    p = next(bb.parameters())
+    n_batches = len(dl) if hasattr(dl, '__len__') else 0
+    it = dl
+    if progress and n_batches > 8:
+        from fastprogress.fastprogress import progress_bar
+        it = progress_bar(dl, total=n_batches, leave=False)
+    modes = [(m, m.training) for m in bb.modules()]  # restored module by module (e.g. frozen BatchNorm stays frozen)
+    bb.eval()
+    outs = []
+    try:
+        with (padding_aware(bb) if pad_aware else contextlib.nullcontext()) as pa:
+            for b in it:
+                x = b[0] if isinstance(b, (tuple, list)) else b
+                x = torch.as_tensor(x).as_subclass(torch.Tensor)
+                mask = batch_pad_mask(dl, x)
+                x, mask = clean_input(x.to(p.device, p.dtype), None if mask is None else mask.to(p.device))
+                with (pa.using(mask) if pa is not None else contextlib.nullcontext()):
+                    h = bb(x)
+                outs.append(pool_features(h, mask, pool).float().cpu())
+    finally:
+        for m, training in modes: m.training = training
+    emb = torch.cat(outs).numpy() if outs else np.zeros((0, getattr(bb, 'nf', 0) or 0), dtype=np.float32)
+    if order is None: return emb
+    if len(order) != len(emb): raise RuntimeError(f'The loader yielded {len(emb)} rows for {len(order)} series.')
+    out = np.empty_like(emb)
+    out[np.asarray(order, dtype=np.int64)] = emb
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Linear probe
+# ----------------------------------------------------------------------------------------------------
+def _probe_model(C: float, max_iter: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    return make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=max_iter))
+
+
+def linear_probe(train_emb, y_train, test_emb, y_test, C: float = 1.0, max_iter: int = 1000) -> float:
+    """Accuracy on ``(test_emb, y_test)`` of a logistic regression fitted on standardized ``train_emb`` (frozen
+    features: the standard measure of representation quality)."""
+    clf = _probe_model(C, max_iter).fit(np.asarray(train_emb), np.asarray(y_train))
+    return float((clf.predict(np.asarray(test_emb)) == np.asarray(y_test)).mean())
+
+
+def _cv_probe(emb, y, n_splits: int, C: float, max_iter: int, seed: int) -> float:
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return float(cross_val_score(_probe_model(C, max_iter), emb, y, cv=cv).mean())
+
+
+class _ProbeMetric(Metric):
+    "Carries the probe accuracy into the Recorder's table (None on epochs without a probe)."
+
+    def __init__(self, name: str): self._name, self._value = name, None
+    def reset(self): self._value = None
+    def accumulate(self, learn): pass
+    @property
+    def value(self): return self._value
+    @property
+    def name(self): return self._name
+
+
+class LinearProbe(Callback):
+    """fastai callback: every `every` epochs (and after the last), linear-probe accuracy of the current backbone.
+
+    The embeddings (`get_embeddings`, mean pooling, the learner's batch transforms) of a small labeled set are
+    classified by a standardized logistic regression: fitted on ``X_labeled`` and scored on ``X_eval`` when given,
+    else `cv`-fold stratified cross-validation on ``X_labeled``. The value appears as a column ``name`` in the
+    training table (a validation metric; None on epochs without a probe) and in ``self.history`` as
+    ``(epoch, accuracy)``; without a Recorder it is printed. Works during any pretext task (it probes the task's
+    backbone) and with ordinary training.
+
+    Args:
+        X_labeled, y_labeled: series (any form `get_embeddings` takes) and labels.
+        X_eval, y_eval: optional held-out series and labels.
+        every: probe every this many epochs.
+        cv: folds of the cross-validation (capped by the smallest class count).
+        bs, pool: see `get_embeddings`.
+        C, max_iter: of the logistic regression.
+    """
+    order = 47  # before_fit after a PretextTask's swap (45) and before the Recorder (50) reads the metric names
+
+    def __init__(self, X_labeled, y_labeled, X_eval=None, y_eval=None, every: int = 1, cv: int = 5, bs: int = 64,
+                 pool: str = 'mean', C: float = 1.0, max_iter: int = 1000, name: str = 'probe_acc', seed: int = 0):
+        if every < 1: raise ValueError(f'every must be >= 1, got {every}')
+        if (X_eval is None) != (y_eval is None): raise ValueError('Pass both X_eval and y_eval, or neither.')
+        self.X, self.y = X_labeled, np.asarray(y_labeled)
+        self.X_eval, self.y_eval = X_eval, None if y_eval is None else np.asarray(y_eval)
+        if len(self.y) != len(to_series_list(X_labeled)): raise ValueError('X_labeled and y_labeled differ in length.')
+        _, counts = np.unique(self.y, return_counts=True)
+        if len(counts) < 2: raise ValueError('The linear probe needs at least 2 classes.')
+        self.n_splits = min(cv, int(counts.min()))
+        if X_eval is None and self.n_splits < 2:
+            raise ValueError('Cross-validation needs at least 2 labeled series per class (or pass X_eval, y_eval).')
+        self.every, self.bs, self.pool, self.C, self.max_iter, self.metric_name, self.seed = every, bs, pool, C, max_iter, name, seed
+        self.metric = _ProbeMetric(name)
+        self.history: list[tuple[int, float]] = []
+
+    def before_fit(self):
+        self._loaders = None  # built on first use, with this fit's dls (batch transforms)
+        self.learn.metrics = list(self.learn.metrics) + [self.metric]
+        self._in_fit, self._probed_epoch = True, None
+
+    def after_fit(self):
+        self._in_fit = False
+        self.learn.metrics = [m for m in self.learn.metrics if m is not self.metric]
+
+    def _due(self) -> bool:
+        return (self.epoch + 1) % self.every == 0 or self.epoch + 1 == self.n_epoch
+
+    def after_validate(self):
+        if getattr(self, '_in_fit', False) and self._due() and self._probed_epoch != self.epoch:
+            acc = self.probe()
+            self._probed_epoch = self.epoch
+            self.metric._value = acc
+            self.history.append((self.epoch, acc))
+            if getattr(self.learn, 'recorder', None) is None: print(f"epoch {self.epoch}: {self.metric_name} {acc:.4f}")
+
+    def probe(self) -> float:
+        "The probe accuracy of the learner's current backbone (the pretext model's during pretraining)."
+        bb = backbone_of(self.learn)
+        if getattr(self, '_loaders', None) is None:
+            dev = next(bb.parameters()).device
+            self._loaders = [_loader_for(self.learn, X, self.bs, dev) for X in (self.X, self.X_eval) if X is not None]
+        embs = [_embed_loader(bb, dl, order, self.pool, False, True) for dl, order in self._loaders]
+        if self.X_eval is None: return _cv_probe(embs[0], self.y, self.n_splits, self.C, self.max_iter, self.seed)
+        return linear_probe(embs[0], self.y, embs[1], self.y_eval, self.C, self.max_iter)

@@ -12,9 +12,9 @@ A task callback, added to an ordinary tsai/fastai Learner, does this around each
 * ``after_fit`` (also after `CancelFitException`, and after any other exception raised inside an epoch,
   e.g. KeyboardInterrupt): put the classifier, loss, metrics and optimizer back as they were.
 
-Why the callback's ``order`` changes during fit: it must swap the model and metrics *before* `Recorder`
-(order 50) and `LRFinder` (60, which snapshots the model) see them, and put everything back *after*
-`LRFinder` has reloaded its snapshot; fastai sorts callbacks by ``order`` at every event, so the callback
+Why the callback's ``order`` changes during fit: it must swap the model and metrics *before*
+`DistributedTrainer` (order 11, which wraps the model in DDP), `Recorder` (50) and `LRFinder` (60, which
+snapshots the model) see them, and put everything back *after* `LRFinder` has reloaded its snapshot; fastai sorts callbacks by ``order`` at every event, so the callback
 runs early for ``before_fit`` and late for everything after it.
 """
 from __future__ import annotations

@@ -15,9 +15,9 @@ model input cannot carry are kept on the DataLoader while the batch is being pro
 * ``dl.raw_input``: the batch input *before* batch transforms (e.g. `TSStandardize`), so pretext tasks
   can predict the exact original integers.
 
-A callback reads them as ``self.learn.dl.pad_mask`` (fastai sets ``learn.dl`` to the loader being
-iterated, for training, validation and `get_preds` alike). `batch_pad_mask` does that with a fallback
-for plain tsai dataloaders (fixed length: no padding).
+A callback reads them with `batch_pad_mask(self.learn)` / `batch_raw_input(self.learn, x)`: fastai sets
+``learn.dl`` to the loader being iterated (training, validation, `get_preds`), these helpers unwrap fastai's
+`DistributedDL`, and they fall back to "no padding" / decoding the batch transforms for plain tsai loaders.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ import torch
 from fastai.data.core import DataLoaders, TfmdDL
 from fastai.data.transforms import CategoryMap
 from fastai.losses import CrossEntropyLossFlat
-from fastai.torch_core import TensorCategory, to_device
-from fasttransform.cast import explode_types
+from fastai.torch_core import TensorCategory
+from fasttransform.transform import Pipeline
 from tsai.data.core import TSTensor
 
 __all__ = ['RaggedStore', 'SeriesDataset', 'BucketedDL', 'SSLDataLoaders', 'get_ssl_dls', 'to_series_list',
@@ -210,6 +210,7 @@ class BucketedDL(TfmdDL):
         self.pad_mask = self.raw_input = None
         kwargs.setdefault('num_workers', 0)
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
+        self.after_batch = _KeepPadMask(self.after_batch, self)
 
     def new(self, dataset=None, cls=None, **kwargs):
         for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches'): kwargs.setdefault(k, getattr(self, k))
@@ -273,25 +274,24 @@ class BucketedDL(TfmdDL):
     def do_batch(self, b):
         b = self.create_batch(self.before_batch(b))
         # keep the untransformed input when batch transforms will change it (a plain Tensor: TS transforms skip it)
-        raw = b[0].as_subclass(torch.Tensor).clone() if len(self.after_batch.fs) else None
-        return b + (raw,)
+        has_tfms = any(getattr(f, 'name', '') != 'noop' for f in self.after_batch.fs)
+        return b + (b[0].as_subclass(torch.Tensor).clone() if has_tfms else None,)
 
-    def _split(self, b):
-        *items, self.pad_mask, raw = b
-        self.raw_input = items[0].as_subclass(torch.Tensor) if raw is None else raw
+
+class _KeepPadMask(Pipeline):
+    """The loader's batch transforms (the same transform objects), then: keep the padding mask and the raw input on
+    the loader and hand on ``(x, [y])``. Doing it here, not in ``__iter__``, keeps it working when fastai wraps the
+    loader (`DistributedDL` calls ``dl.after_batch`` but not ``dl.__iter__``)."""
+
+    def __init__(self, funcs, dl):
+        super().__init__(funcs)
+        self.dl = dl
+
+    def __call__(self, b):
+        *items, mask, raw = super().__call__(b)
+        self.dl.pad_mask = mask
+        self.dl.raw_input = items[0].as_subclass(torch.Tensor) if raw is None else raw
         return tuple(items)
-
-    def __iter__(self):
-        # A batch leaves `do_batch` as (x, [y,] mask, raw); batch transforms see all of it but only act on
-        # x and y (mask and raw are plain tensors). We keep mask and raw on the loader for callbacks and
-        # yield exactly what a tsai model and loss expect.
-        for b in super().__iter__(): yield self._split(b)
-
-    def _one_pass(self):
-        b = self.do_batch([self.do_item(None)])
-        if self.device is not None: b = to_device(b, self.device)
-        its = self._split(self.after_batch(b))
-        self._n_inp, self._types = 1, explode_types(its)
 
 
 class SSLDataLoaders(DataLoaders):
@@ -378,10 +378,16 @@ class _StoreChecker:
     def __iter__(self): return (self.store[i] for i in range(len(self.store)))
 
 
+def _source_dl(learn_or_dl):
+    "The loader that made the batch: `learn.dl`, unwrapped from fastai's `DistributedDL`."
+    dl = getattr(learn_or_dl, 'dl', learn_or_dl)
+    while not hasattr(dl, 'pad_mask') and isinstance(getattr(dl, 'dl', None), TfmdDL): dl = dl.dl
+    return dl
+
+
 def batch_pad_mask(learn_or_dl, x: torch.Tensor | None = None) -> torch.Tensor | None:
     "The padding mask of the batch being processed (True = real step), or None when nothing is padded."
-    dl = getattr(learn_or_dl, 'dl', learn_or_dl)
-    m = getattr(dl, 'pad_mask', None)
+    m = getattr(_source_dl(learn_or_dl), 'pad_mask', None)
     if m is None or (x is not None and m.shape != (x.shape[0], x.shape[-1])): return None
     return m
 
@@ -389,7 +395,7 @@ def batch_pad_mask(learn_or_dl, x: torch.Tensor | None = None) -> torch.Tensor |
 def batch_raw_input(learn_or_dl, x: torch.Tensor) -> torch.Tensor:
     """The batch before batch transforms: kept by `BucketedDL`, otherwise decoded through the loader's
     `after_batch` pipeline (tsai `get_ts_dls` + `TSStandardize` decode back to the raw scale)."""
-    dl = getattr(learn_or_dl, 'dl', learn_or_dl)
+    dl = _source_dl(learn_or_dl)
     raw = getattr(dl, 'raw_input', None)
     if raw is not None and raw.shape == x.shape: return raw
     pipe = getattr(dl, 'after_batch', None)

@@ -136,3 +136,12 @@ def test_non_integer_input_in_categorical_mode_is_refused():
     with pytest.raises(ValueError, match='is not an integer in 0..40'):
         fit_quiet(learn, 1)
     assert_restored(learn, state)
+
+
+def test_auto_fill_is_raw_minus_one_through_standardize():
+    from tsai_ssl.tasks.masked import auto_fill
+    raw = torch.randint(0, 41, (4, 1, 30)).float()
+    x = (raw - 7.) / 3.
+    assert auto_fill(x, raw, None, categorical=True).item() == pytest.approx((-1 - 7.) / 3., rel=1e-5)
+    lo, hi = x.min().item(), x.max().item()
+    assert auto_fill(x, x, None, categorical=False).item() == pytest.approx(lo - 0.1 * (hi - lo), rel=1e-5)

@@ -7,8 +7,11 @@
 
 Spans have geometric lengths (mean ``mean_span``) covering ``ratio`` of the real (non-padded) steps, as in
 Zerveas et al., "A Transformer-based Framework for Multivariate Time Series Representation Learning"
-(KDD 2021). Masked steps are filled with a value below anything in the data (0 is a real value in count
-data), so the network can tell "hidden" from "zero". Two targets:
+(KDD 2021). Masked steps are filled with a value just below anything in the data (0 is a real value in count
+data), so the network can tell "hidden" from "zero": with a vocabulary, the raw value -1 carried through the
+batch transforms (so an integer that cannot occur); otherwise a tenth of the data range below the minimum.
+Close to the data on purpose: a far-out sentinel would also skew BatchNorm's running statistics, which the
+classifier inherits. Two targets:
 
 * ``vocab=41`` (default): categorical over the integers 0..vocab-1, 41-way cross-entropy. Targets are the
   exact original integers, even when batch transforms (TSStandardize) normalise the model input.
@@ -27,7 +30,7 @@ import torch.nn.functional as F
 from ..masking import span_mask
 from .base import CountMetric, PretextTask
 
-__all__ = ['MaskedValuePretrain', 'pointwise_head', 'check_vocab']
+__all__ = ['MaskedValuePretrain', 'pointwise_head', 'check_vocab', 'auto_fill']
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 
@@ -52,6 +55,24 @@ def check_vocab(raw: torch.Tensor, valid: torch.Tensor | None, vocab: int) -> to
     return tgt.long()
 
 
+def auto_fill(x: torch.Tensor, raw: torch.Tensor, pad_mask, categorical: bool) -> torch.Tensor:
+    """Per-channel fill value in the model-input scale, just outside the data of this batch.
+
+    Categorical: the raw value -1 mapped through the (per-channel affine, e.g. standardising) batch transforms,
+    estimated from the batch as x = a * raw + b. Continuous: 0.1 x the range below the minimum."""
+    C = x.shape[1]
+    keep = torch.ones_like(x[:, 0], dtype=torch.bool) if pad_mask is None else pad_mask
+    xs = x.transpose(0, 1)[:, keep].reshape(C, -1).double()
+    if categorical:
+        rs = raw.transpose(0, 1)[:, keep].reshape(C, -1).double()
+        a = xs.std(1) / rs.std(1).clamp_min(1e-12)
+        a = torch.where(rs.std(1) > 0, a, torch.ones_like(a))
+        b = xs.mean(1) - a * rs.mean(1)
+        return (b - a).float().detach().cpu()  # a * (-1) + b
+    lo, hi = xs.amin(1), xs.amax(1)
+    return (lo - 0.1 * (hi - lo).clamp_min(1e-3)).float().detach().cpu()
+
+
 class MaskedValuePretrain(PretextTask):
     """fastai callback for masked-value pretraining of any backbone `split_backbone` supports.
 
@@ -60,8 +81,8 @@ class MaskedValuePretrain(PretextTask):
         mean_span: mean masked span length (geometric).
         vocab: number of integer values (categorical target over 0..vocab-1), or None for a continuous target.
         loss: continuous only: 'mse' or 'huber'.
-        fill: value masked steps get in the model-input scale; 'auto' = per channel, half the data range
-            below the minimum of the first batch.
+        fill: value masked steps get in the model-input scale; 'auto' = per channel, from the first batch: raw -1
+            mapped like the data (categorical), or 0.1 x the data range below the minimum (continuous).
         save_as, save, seed: see `PretextTask`.
     """
 
@@ -78,18 +99,14 @@ class MaskedValuePretrain(PretextTask):
         self.c_in = c_in
         return pointwise_head(nf, c_in * (self.vocab or 1))
 
-    def _fill_for(self, x, pad_mask):
-        if self.fill_value is None:
-            real = x if pad_mask is None else x.masked_fill(~pad_mask[:, None], float('nan'))
-            lo = real.transpose(0, 1).flatten(1).nan_to_num(float('inf')).amin(1)
-            hi = real.transpose(0, 1).flatten(1).nan_to_num(float('-inf')).amax(1)
-            self.fill_value = (lo - 0.5 * (hi - lo).clamp_min(1.)).detach().cpu()
+    def _fill_for(self, x, raw, pad_mask):
+        if self.fill_value is None: self.fill_value = auto_fill(x, raw, pad_mask, categorical=self.vocab is not None)
         return self.fill_value.to(x.device, x.dtype).reshape(-1, 1) if self.fill_value.ndim else self.fill_value.to(x)
 
     def make_batch(self, x, pad_mask, raw, generator):
         bs, C, L = x.shape
         m = span_mask(bs, L, self.ratio, self.mean_span, pad_mask=pad_mask, generator=generator, device=x.device)
-        xm = torch.where(m[:, None], self._fill_for(x, pad_mask), x)
+        xm = torch.where(m[:, None], self._fill_for(x, raw, pad_mask), x)
         if self.vocab is None: return (xm,), (x, m)
         tgt = check_vocab(raw, pad_mask, self.vocab).masked_fill(~m[:, None], IGNORE)
         return (xm,), (tgt,)

@@ -7,6 +7,15 @@ import torch
 warnings.filterwarnings('ignore', category=FutureWarning)
 
 
+@pytest.fixture(autouse=True, scope='session')
+def _one_thread():
+    "Tiny tensors: one intra-op thread is fastest and avoids OpenMP oversubscription on a 2-core machine."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_tmp_cwd(tmp_path, monkeypatch):
     "Every test in its own folder (fastai writes models/ under the Learner's path) with fixed seeds."
@@ -33,3 +42,9 @@ def ar_counts(n: int, min_len: int = 60, max_len: int = 160, seed: int = 0, n_cl
 @pytest.fixture
 def counts():
     return ar_counts(48)
+
+
+def poisson_series(n: int, lo: int, hi: int, seed: int = 0):
+    "Count series (Poisson, mean 3) of random lengths in [lo, hi)."
+    rng = np.random.default_rng(seed)
+    return [rng.poisson(3, size=(1, int(rng.integers(lo, hi)))).astype(np.float32) for _ in range(n)]

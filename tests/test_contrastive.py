@@ -13,6 +13,7 @@ from tsai.models.ResNetPlus import ResNetPlus
 
 from tsai_ssl.augment import RandomCrop, Scaling, gather_segments
 from tsai_ssl.backbone import split_backbone
+from conftest import poisson_series
 from tsai_ssl.data import get_ssl_dls
 from tsai_ssl.embed import get_embeddings
 from tsai_ssl.tasks.base import PretextModel
@@ -20,18 +21,8 @@ from tsai_ssl.tasks.contrastive import (ContrastivePretrain, ProjectionHead, TS2
                                         stack_views)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "Tiny tensors: one intra-op thread is fastest and avoids OpenMP oversubscription on a busy 2-core machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _series(n=24, lo=16, hi=48, seed=0):
-    rng = np.random.default_rng(seed)
-    return [rng.poisson(3, size=(1, int(rng.integers(lo, hi)))).astype(np.float32) for _ in range(n)]
+    return poisson_series(n, lo, hi, seed)
 
 
 def _padded(X):

@@ -11,22 +11,13 @@ from tsai.learner import ts_learner
 from tsai.models.layers import Conv1d as TsaiConv1d, Pad1d
 from tsai.models.ResNetPlus import ResNetPlus
 
+from conftest import poisson_series
 from tsai_ssl.data import get_ssl_dls
 from tsai_ssl.embed import LinearProbe, get_embeddings, linear_probe, padding_aware
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "Tiny tensors: one intra-op thread is fastest and avoids OpenMP oversubscription on a busy 2-core machine."
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _series(n=20, lo=10, hi=70, seed=0):
-    rng = np.random.default_rng(seed)
-    return [rng.poisson(3, size=(1, int(rng.integers(lo, hi)))).astype(np.float32) for _ in range(n)]
+    return poisson_series(n, lo, hi, seed)
 
 
 def _randomize_bn(model):

@@ -13,7 +13,8 @@ from tsai.models.ResNetPlus import ResNetPlus
 
 from conftest import poisson_series
 from tsai_ssl.data import get_ssl_dls
-from tsai_ssl.embed import LinearProbe, get_embeddings, linear_probe, padding_aware
+from tsai_ssl.embed import LinearProbe, get_embeddings, linear_probe
+from tsai_ssl.padding import padding_aware
 
 
 def _series(n=20, lo=10, hi=70, seed=0):

@@ -18,7 +18,7 @@ Two losses:
 
 Both views of a batch go through the backbone in *one* forward: they are concatenated along the batch, right-padded
 to the longer, and the masks travel with them (``xb = (views, masks)``; the pretext model's forward hands the mask
-to the head). While the task is attached the backbone runs under `tsai_ssl.embed.padding_aware`: padded steps never
+to the head). While the task is attached the backbone runs under `tsai_ssl.padding.padding_aware`: padded steps never
 reach a real step's features and training-mode BatchNorm statistics use real steps only, so a series gets the same
 representation alone as padded in a batch (exactly in eval mode), which is also how `get_embeddings` extracts
 features afterwards.
@@ -45,7 +45,8 @@ import torch.nn.functional as F
 
 from ..augment import Compose, Jitter, RandomCrop, Scaling, TimeMask, gather_segments, overlapping_crops
 from ..backbone import masked_mean
-from ..embed import clean_input, padding_aware
+from ..embed import clean_input
+from ..padding import padding_aware
 from ..losses import hierarchical_contrastive_loss, nt_xent
 from .base import CountMetric, PretextTask
 

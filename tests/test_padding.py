@@ -1,0 +1,36 @@
+import numpy as np
+import torch
+from fastai.metrics import accuracy
+from tsai.learner import ts_learner
+from tsai.models.InceptionTimePlus import InceptionTimePlus
+from tsai.models.ResNetPlus import ResNetPlus
+
+from conftest import poisson_series
+from helpers import fit_quiet
+from tsai_ssl import IgnorePadding, get_ssl_dls
+
+
+def _randomize_bn(model):
+    "Non-trivial running statistics, so padded steps hold non-zero activations in eval mode."
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm1d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+
+
+def test_get_preds_do_not_depend_on_batch_neighbours():
+    X = poisson_series(12, 20, 120)
+    y = np.arange(12) % 3
+    for arch in (ResNetPlus, InceptionTimePlus):
+        learn = ts_learner(get_ssl_dls(X, y, bs=4), arch, metrics=accuracy, cbs=IgnorePadding())
+        fit_quiet(learn, 1)
+        _randomize_bn(learn.model)
+        new = poisson_series(6, 20, 200, seed=5)
+        alone, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=1))
+        batched, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6))
+        assert torch.allclose(alone, batched, atol=1e-5)
+        learn.remove_cb(IgnorePadding)
+        plain, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6))
+        assert not torch.allclose(alone, plain, atol=1e-3)  # without it, padding changes predictions
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in learn.model.modules())

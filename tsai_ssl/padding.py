@@ -1,0 +1,201 @@
+"""Padding-aware layers: a right-padded batch gives every series what it gets alone.
+
+Padding invariance. A convolution sees its neighbours, so in a right-padded batch the last real steps of a short
+series see the padded steps of the batch, which hold non-zero activations after the first layer (biases,
+BatchNorm shifts). `padding_aware` removes that leak without touching the model's parameters: while it is active,
+every time-mixing layer of the backbone (``Conv1d`` with a kernel > 1, tsai's ``SameConv1d``, ``ConstantPad1d``,
+``MaxPool1d``, ``AvgPool1d``) gets its input at padded steps overwritten with what the layer would see past the
+end of the series if the series were alone (0, the pad value, or -inf for max pooling), and ``BatchNorm1d`` in
+training mode computes its batch statistics (and running statistics) over real steps only. Pointwise layers
+(1x1 convolutions, BatchNorm in eval mode, activations, residual additions) cannot leak. Pooling with
+`masked_mean` / `masked_max` then gives, in eval mode, the embedding the series gets alone, within float
+tolerance. Not covered (they mix all steps or reflect at the edge): squeeze-excite / attention / instance norm
+inside the backbone, reflect/replicate padding, ``AvgPool1d(count_include_pad=False)`` and convolutions called
+functionally (``F.conv1d``) instead of as modules.
+
+`IgnorePadding` applies the same to a standard tsai classifier (fine-tuning, validation, `get_preds`), and also
+makes its global average/max pooling use real steps only.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+
+from .backbone import masked_max, masked_mean
+from .data import batch_pad_mask
+
+__all__ = ['PaddingAware', 'padding_aware', 'IgnorePadding']
+
+
+class PaddingAware:
+    """Makes the time-mixing layers of `module` ignore padded steps while ``self.mask`` is set (see the module
+    docstring). Use it as a context manager (`padding_aware`); set the mask per forward with `using`::
+
+        with padding_aware(backbone) as pa, pa.using(mask):
+            h = backbone(x)          # h at real steps == what each series gives alone (eval mode)
+
+    With ``mask=None`` every layer behaves exactly as without the context. A mask is only applied to inputs
+    shaped ``(bs, C, L)`` with the mask's ``bs`` and ``L``, so layers that see a longer, internally padded input
+    (e.g. the convolution inside ``SameConv1d``) are left alone; their padding module handled it.
+
+    Args:
+        module: the backbone (its parameters are untouched; layers are hooked/patched in place until exit).
+        batchnorm: compute training-mode ``BatchNorm1d`` statistics over real steps only.
+    """
+
+    def __init__(self, module: nn.Module, batchnorm: bool = True):
+        self.module, self.batchnorm = module, batchnorm
+        self.mask: torch.Tensor | None = None
+        self._handles, self._patched = [], []
+
+    # -- install / remove ----------------------------------------------------------------------------
+    def __enter__(self) -> 'PaddingAware':
+        try:
+            for m in self.module.modules():
+                fill = _fill_value(m)
+                if fill is not None:
+                    self._handles.append(m.register_forward_pre_hook(self._pre_hook(fill)))
+                    if isinstance(m, nn.MaxPool1d): self._handles.append(m.register_forward_hook(self._zero_out_hook))
+                elif self.batchnorm and isinstance(m, nn.BatchNorm1d):
+                    prev = m.__dict__.get('forward')
+                    m.forward = self._bn_forward(m, prev)
+                    self._patched.append((m, prev))
+        except BaseException:
+            self.__exit__(None, None, None); raise
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles: h.remove()
+        for m, prev in reversed(self._patched):
+            if prev is None: m.__dict__.pop('forward', None)
+            else: m.forward = prev
+        self._handles, self._patched, self.mask = [], [], None
+        return False
+
+    @contextlib.contextmanager
+    def using(self, mask: torch.Tensor | None) -> Iterator['PaddingAware']:
+        "Set the padding mask (bool ``(bs, L)``, True = real step) for the forwards run inside."
+        prev, self.mask = self.mask, mask
+        try: yield self
+        finally: self.mask = prev
+
+    # -- hooks -----------------------------------------------------------------------------------------
+    def _mask_for(self, x) -> torch.Tensor | None:
+        m = self.mask
+        if m is None or not torch.is_tensor(x) or x.ndim != 3: return None
+        if x.shape[0] != m.shape[0] or x.shape[-1] != m.shape[-1]: return None
+        return m.to(x.device)
+
+    def _pre_hook(self, fill):
+        def hook(mod, args):
+            if not args: return None
+            m = self._mask_for(args[0])
+            if m is None: return None
+            x = args[0]
+            v = torch.finfo(x.dtype).min if fill == 'min' else fill
+            return (x.masked_fill(~m[:, None], v),) + tuple(args[1:])
+        return hook
+
+    def _zero_out_hook(self, mod, args, out):
+        m = self._mask_for(out)
+        return None if m is None else out.masked_fill(~m[:, None], 0.)
+
+    def _bn_forward(self, bn: nn.BatchNorm1d, prev):
+        orig = prev if prev is not None else (lambda x: type(bn).forward(bn, x))
+        def forward(x):
+            use_batch_stats = bn.training or bn.running_mean is None
+            m = self._mask_for(x) if use_batch_stats else None
+            if m is None: return orig(x)
+            return _masked_batch_norm(bn, x, m)
+        return forward
+
+
+def padding_aware(module: nn.Module, batchnorm: bool = True) -> PaddingAware:
+    "A `PaddingAware` context for `module` (see there)."
+    return PaddingAware(module, batchnorm)
+
+
+def _fill_value(m: nn.Module):
+    "What a time-mixing layer sees past the end of a lone series (None: pointwise or not handled)."
+    kind = type(m).__name__
+    if kind in ('SameConv1d',): return 0.
+    if isinstance(m, nn.Conv1d):
+        if getattr(m, 'padding_mode', 'zeros') != 'zeros': return None
+        k, p = m.kernel_size[0], m.padding
+        if k == 1 and (p == 'valid' or p == (0,) or p == 0): return None  # pointwise
+        return 0.
+    if isinstance(m, nn.ConstantPad1d): return float(m.value)
+    if isinstance(m, nn.MaxPool1d): return 'min'
+    if isinstance(m, nn.AvgPool1d): return 0.
+    return None
+
+
+def _masked_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    "Batch norm of ``x (bs, C, L)`` with statistics over real steps only; updates running statistics likewise."
+    xf = x.float()
+    w = mask[:, None].to(xf.dtype)
+    n = w.sum()
+    if n < 2: return type(bn).forward(bn, x)
+    mean = (xf * w).sum((0, 2)) / n
+    var = (((xf - mean[:, None]) ** 2) * w).sum((0, 2)) / n
+    if bn.training and bn.track_running_stats and bn.running_mean is not None:
+        with torch.no_grad():
+            bn.num_batches_tracked.add_(1)
+            mom = bn.momentum if bn.momentum is not None else 1. / float(bn.num_batches_tracked)
+            bn.running_mean.mul_(1 - mom).add_(mom * mean.detach().to(bn.running_mean.dtype))
+            unbiased = var.detach() * (n / (n - 1))
+            bn.running_var.mul_(1 - mom).add_(mom * unbiased.to(bn.running_var.dtype))
+    y = (xf - mean[:, None]) * torch.rsqrt(var[:, None] + bn.eps)
+    if bn.affine: y = y * bn.weight[:, None].float() + bn.bias[:, None].float()
+    return y if torch.is_autocast_enabled() else y.to(x.dtype)
+
+
+class IgnorePadding(Callback):
+    """fastai callback: a standard tsai classifier (or any model) ignores the right-padding of variable-length
+    batches, during training, validation and `get_preds`.
+
+    While a batch is processed, the model's time-mixing layers run under `PaddingAware` with the batch's padding
+    mask, and global pooling layers (``nn.AdaptiveAvgPool1d``/``AdaptiveMaxPool1d`` to size 1, as in tsai's
+    GAP1d/GACP1d heads and fastai's AdaptiveConcatPool1d) pool over real steps only. In eval mode a series then
+    gets the prediction it gets alone, whatever it is batched with. Batches without padding are untouched.
+    A pooling written as ``x.mean(-1)`` in a model's forward cannot be hooked: use ``nn.AdaptiveAvgPool1d(1)``.
+
+        clf = ts_learner(dls, ResNetPlus, metrics=accuracy, cbs=IgnorePadding())
+    """
+    order = -4  # after a pretext task's swap (-5): during pretraining the pretext model is covered too
+
+    def __init__(self, batchnorm: bool = True):
+        self.batchnorm, self._pa, self._hooks = batchnorm, None, []
+
+    def _install(self):
+        model = self.learn.model
+        self._pa = PaddingAware(model, self.batchnorm).__enter__()
+        self._hooks = [m.register_forward_hook(self._pool_hook) for m in model.modules()
+                       if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) and _to_one(m.output_size)]
+
+    def _remove(self):
+        for h in self._hooks: h.remove()
+        if self._pa is not None: self._pa.__exit__(None, None, None)
+        self._pa, self._hooks = None, []
+
+    def before_batch(self):
+        if self._pa is None: self._install()
+        self._pa.mask = batch_pad_mask(self.learn, self.learn.xb[0])
+
+    def _pool_hook(self, mod, args, out):
+        m = self._pa._mask_for(args[0]) if self._pa is not None else None
+        if m is None: return None
+        pool = masked_mean if isinstance(mod, nn.AdaptiveAvgPool1d) else masked_max
+        return pool(args[0], m)[..., None].to(out.dtype)
+
+    # re-installed at the next batch: hooks never outlive the loop that needed them
+    def after_validate(self): self._remove()
+    def after_fit(self): self._remove()
+    def after_cancel_fit(self): self._remove()
+
+
+def _to_one(size) -> bool: return (size[0] if isinstance(size, (tuple, list)) else size) == 1

@@ -302,7 +302,7 @@ class SSLDataLoaders(DataLoaders):
         super().__init__(*loaders, path=path, device=device)
         self.vars, self.len, self.d, self.min_len, self.input_vocab = c_in, seq_len, None, min_len, input_vocab
         self.vocab = vocab
-        self.c = len(vocab) if vocab is not None else 0
+        self.c = len(vocab) if vocab is not None else 1  # unlabeled: a 1-output placeholder head (unused in pretraining)
         self.cat = vocab is not None
         if vocab is not None: self.loss_func = CrossEntropyLossFlat()
 

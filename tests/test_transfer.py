@@ -85,3 +85,11 @@ def test_export_roundtrip_of_finetuned_classifier(tmp_path):
     back = load_learner(tmp_path / 'clf.pkl')
     p2, _ = back.get_preds(dl=back.dls.test_dl(new))
     assert torch.allclose(p1, p2)
+
+
+def test_exported_learner_keeps_vocab_and_channels(tmp_path):
+    from fastai.learner import load_learner
+    clf = make(ResNetPlus, labeled_dls(3))
+    clf.export(tmp_path / 'clf.pkl')
+    back = load_learner(tmp_path / 'clf.pkl')
+    assert list(back.dls.vocab) == list(clf.dls.vocab) and back.dls.vars == 1 and back.dls.c == 3

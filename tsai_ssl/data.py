@@ -306,6 +306,12 @@ class SSLDataLoaders(DataLoaders):
         self.cat = vocab is not None
         if vocab is not None: self.loss_func = CrossEntropyLossFlat()
 
+    def new_empty(self) -> 'SSLDataLoaders':
+        "Loaders without data but with the same vocabulary, channels and transforms (what `learn.export` keeps)."
+        loaders = [dl.new(dl.dataset.new_empty()) for dl in self.loaders]
+        return type(self)(*loaders, path=self.path, device=self.device, c_in=self.vars, vocab=self.vocab,
+                          seq_len=self.len, min_len=self.min_len, input_vocab=self.input_vocab)
+
     def test_dl(self, test_items, with_labels: bool = False, y=None, bs: int | None = None, **kwargs) -> BucketedDL:
         """A loader over new series of any length (same batch transforms, full length, sorted by length
         for speed; `learn.get_preds(dl=...)` returns predictions in the order of `test_items`)."""

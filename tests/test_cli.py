@@ -1,0 +1,193 @@
+"""Tests of the tsai-ssl command line: one end-to-end comparison in a subprocess, pretrain/finetune in process,
+and every bad-input case (exit status 2, one message on stderr, no traceback)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tsai_ssl import experiment as E
+from tsai_ssl.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _write_npz(path: Path, n: int = 40, n_unlabeled: int = 8, seed: int = 0, **override) -> Path:
+    "n labeled variable-length integer series (4 classes, a class-specific bump) + unlabeled extras, with a split."
+    rng = np.random.default_rng(seed)
+    N = n + n_unlabeled
+    X = np.empty(N, dtype=object)
+    y = np.r_[np.arange(n) % 4, -np.ones(n_unlabeled, dtype=int)]
+    for i in range(N):
+        L = int(rng.integers(96, 160))
+        x = rng.poisson(3, L).astype(np.int64)
+        c = y[i] if y[i] >= 0 else rng.integers(4)
+        pos = int(rng.integers(0, L - 20))
+        x[pos:pos + 12] += 5 * (c + 1)
+        X[i] = np.minimum(x, 40)[None]
+    split = np.where(np.arange(N) % 5 == 4, 'test', 'train')  # test: 8 labeled series, 2 per class
+    arrays = dict(X=X, y=y, split=split)
+    arrays.update(override)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+@pytest.fixture(scope='module')
+def npz(tmp_path_factory) -> Path:
+    return _write_npz(tmp_path_factory.mktemp('data') / 'data.npz')
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    env.pop('TSAI_SSL_DEBUG', None)
+    return env
+
+
+def test_compare_end_to_end(npz, tmp_path):
+    out = tmp_path / 'run'
+    cmd = [sys.executable, '-m', 'tsai_ssl.cli', 'compare', str(npz), '--tasks', 'masked', '--fractions', '50%',
+           '--seeds', '1', '--epochs', '1', '--bs', '16', '--device', 'cpu', '--threads', '1', '--out', str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'Traceback' not in r.stderr
+    assert 'from scratch' in r.stdout and 'masked-value' in r.stdout and '50% (n=' in r.stdout
+    assert 'ETA' in r.stderr  # the progress bar
+    doc = json.loads((out / 'results.json').read_text())
+    cfg = doc['config']
+    assert cfg['n_unlabeled'] == 8 and cfg['n_train'] == 32 and cfg['n_test'] == 8
+    assert cfg['tasks'] == ['masked'] and cfg['fractions'] == [0.5] and cfg['vocab'] == 41
+    fits = [r for r in doc['runs'] if r['accuracy'] is not None]
+    assert sorted(r['method'] for r in fits) == ['masked', 'scratch']
+    assert all(0 <= r['accuracy'] <= 1 and r['n_labeled'] == 16 and r['fraction'] == 0.5 for r in fits)
+    pre = [r for r in doc['runs'] if r['fraction'] is None]
+    assert len(pre) == 1 and Path(pre[0]['weights']).exists()
+    assert {(a['method'], a['fraction']) for a in doc['summary']} == {('scratch', 0.5), ('masked', 0.5)}
+    assert doc['sentence'] in r.stdout and doc['sentence'].endswith('.')
+    rows = list(csv.DictReader(open(out / 'results.csv')))
+    assert len(rows) == 3 and {'method', 'fraction', 'seed', 'accuracy'} <= set(rows[0])
+    assert (out / 'summary.csv').exists()
+    assert (out / 'accuracy.png').read_bytes()[:4] == b'\x89PNG'
+
+
+@pytest.fixture
+def torch_threads():
+    "The CLI's --threads sets torch's global thread count: put it back for the tests that follow."
+    import torch
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.filterwarnings('ignore:load_learner')
+def test_pretrain_then_finetune_and_export(npz, tmp_path, capsys, torch_threads):
+    w = tmp_path / 'w' / 'ssl.pth'
+    assert main(['pretrain', str(npz), '--task', 'masked', '--epochs', '1', '--bs', '16', '--device', 'cpu',
+                 '--threads', '1', '--out', str(w), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert str(w) in out and 'strict=False' in out and w.exists()
+    pkl = tmp_path / 'clf.pkl'
+    assert main(['finetune', str(npz), '--weights', str(w), '--fraction', '0.5', '--epochs', '1', '--bs', '16',
+                 '--device', 'cpu', '--threads', '1', '--export', str(pkl), '--quiet']) == 0
+    out = capsys.readouterr().out
+    assert 'test accuracy:' in out and pkl.exists()
+    from fastai.learner import load_learner
+    learn = load_learner(pkl)
+    series = [np.random.default_rng(0).poisson(3, (1, L)) for L in (100, 150)]
+    with learn.no_bar():
+        preds, _ = learn.get_preds(dl=learn.dls.test_dl(series))
+    assert preds.shape == (2, 4)
+
+
+@pytest.mark.parametrize('sub', [None, 'compare', 'demo', 'pretrain', 'finetune'])
+def test_help(sub, capsys):
+    assert main(([sub] if sub else []) + ['--help']) == 0
+    out = capsys.readouterr().out
+    assert 'usage: tsai-ssl' in out
+    if sub in ('compare', 'pretrain', 'finetune'): assert 'X_test' in out and '--arch' in out
+
+
+# -- bad input: exit status 2, one clear message, no traceback ------------------------------------------
+def _bad(capsys, argv, *needles):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert 'Traceback' not in err
+    for n in needles: assert n in err, err
+    return err
+
+
+def test_missing_file(capsys, tmp_path):
+    _bad(capsys, ['compare', str(tmp_path / 'missing.npz')], 'error: data file not found', 'missing.npz')
+    _bad(capsys, ['finetune', str(tmp_path / 'missing.npz')], 'data file not found')
+
+
+def test_wrong_keys(capsys, tmp_path):
+    p = tmp_path / 'keys.npz'
+    np.savez(p, series=np.zeros((8, 1, 32)), labels=np.zeros(8))
+    _bad(capsys, ['compare', str(p)], "missing ['X', 'y']", "required keys 'X' and 'y'")
+    q = tmp_path / 'extra.npz'
+    np.savez(q, X=np.zeros((8, 1, 32)), y=np.zeros(8), X_tset=np.zeros((2, 1, 32)))
+    _bad(capsys, ['pretrain', str(q)], "unexpected keys ['X_tset']")
+
+
+def test_labels_of_wrong_length(capsys, tmp_path):
+    p = _write_npz(tmp_path / 'short.npz', y=np.arange(30) % 4)
+    _bad(capsys, ['compare', str(p)], 'y has 30 labels for 48 series')
+    q = _write_npz(tmp_path / 'split.npz', split=np.array(['train'] * 5))
+    _bad(capsys, ['compare', str(q)], 'split has 5 entries for 48 series')
+    x = [np.ones((1, 50))] * 6
+    r = tmp_path / 'test.npz'
+    np.savez(r, X=np.stack(x), y=np.array([0, 1] * 3), X_test=np.stack(x[:3]), y_test=np.array([0, 1]))
+    _bad(capsys, ['finetune', str(r)], 'y_test has 2 labels for 3 series')
+
+
+def test_fraction_leaving_a_class_without_label(capsys, npz):
+    # 32 labeled training series, 4 classes: 5% is 2 labels
+    _bad(capsys, ['compare', str(npz), '--fractions', '5%,50%'], 'leaves a class without a label', 'at least 0.125')
+    _bad(capsys, ['finetune', str(npz), '--fraction', '0.05'], 'leaves a class without a label')
+    _bad(capsys, ['compare', str(npz), '--fractions', '1.5'], 'above 1')
+    _bad(capsys, ['compare', str(npz), '--fractions', '0'], 'outside (0, 1]')
+    _bad(capsys, ['compare', str(npz), '--fractions', 'half'], 'not a fraction')
+
+
+def test_unknown_arch_and_task(capsys, npz, monkeypatch):
+    _bad(capsys, ['compare', str(npz), '--arch', 'LSTMPlus'], "unknown architecture 'LSTMPlus'", 'ResNetPlus')
+    _bad(capsys, ['pretrain', str(npz), '--arch', 'Transformer'], 'unknown architecture')
+    _bad(capsys, ['compare', str(npz), '--tasks', 'masked,jigsaw'], "unknown task 'jigsaw'", 'contrastive')
+    _bad(capsys, ['pretrain', str(npz), '--task', 'rotation'], "unknown task 'rotation'")
+    monkeypatch.setitem(E.TASKS, 'next', ('next_step_v2', 'NextStepPretrain', 'next-step'))
+    _bad(capsys, ['compare', str(npz), '--tasks', 'next'], 'task next is not available')
+    _bad(capsys, ['pretrain', str(npz), '--task', 'next'], 'task next is not available')
+
+
+def test_other_bad_input(capsys, npz, tmp_path):
+    _bad(capsys, ['compare'], 'no data')
+    _bad(capsys, ['compare', str(npz), '--synthetic'], 'only one data source')
+    _bad(capsys, ['compare', '--ucr', 'NoSuchSet'], "unknown UCR data set 'NoSuchSet'", 'GunPoint')
+    _bad(capsys, ['compare', str(npz), '--seeds', 'x'], '--seeds')
+    _bad(capsys, ['compare', str(npz), '--device', 'tpu'], "--device 'tpu'")
+    _bad(capsys, ['finetune', str(npz), '--weights', str(tmp_path / 'none.pth')], 'weights file not found')
+    _bad(capsys, ['compare', str(npz), '--epochs', '0'], '--epochs must be at least 1')
+    p = tmp_path / 'nan.npz'
+    X = np.ones((12, 1, 40)); X[3, 0, 5] = np.nan
+    np.savez(p, X=X, y=np.arange(12) % 2)
+    _bad(capsys, ['compare', str(p), '--epochs', '1'], 'NaN')
+    _bad(capsys, ['compare', str(npz), '--arch-config', '{nf: 32'], 'not valid JSON')
+    _bad(capsys, ['compare', str(npz), '--bogus-option'], 'unrecognized arguments')  # argparse's own status 2
+
+
+def test_bad_input_in_a_real_process(tmp_path):
+    "The console entry point: status 2, one line on stderr, no traceback."
+    r = subprocess.run([sys.executable, '-m', 'tsai_ssl.cli', 'compare', str(tmp_path / 'nope.npz')],
+                       capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 2
+    assert 'Traceback' not in r.stderr and 'data file not found' in r.stderr
+    assert r.stdout == ''
+    assert len([l for l in r.stderr.splitlines() if 'error' in l]) == 1

@@ -27,7 +27,7 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Metric
 
-from ..backbone import Backbone, _eval_mode, split_backbone
+from ..backbone import Backbone, _eval_mode, infer_c_in, split_backbone
 from ..data import batch_pad_mask, batch_raw_input
 from ..transfer import save_backbone, weights_path
 
@@ -89,6 +89,7 @@ class PretextTask(Callback):
         self.save_as, self.save, self.seed = save_as, save, seed
         self.pretext_head, self.pretext_backbone, self._saved = None, None, None
         self.best, self.saved_paths = float('inf'), []
+        self._head_state = {}  # the head's optimizer state (Adam moments) between fits
 
     # -- to implement ---------------------------------------------------------------------------------
     def make_head(self, nf: int, c_in: int) -> nn.Module: raise NotImplementedError
@@ -136,7 +137,6 @@ class PretextTask(Callback):
         self.order = self._late_order
 
     def _c_in(self) -> int:
-        from ..backbone import infer_c_in
         dls = getattr(self.learn, 'dls', None)
         return getattr(dls, 'vars', None) or infer_c_in(self.learn.model)
 
@@ -148,11 +148,6 @@ class PretextTask(Callback):
         for p in params:  # Adam moments of the head survive between fits
             if p in self._head_state: opt.state[p] = self._head_state[p]
             elif not getattr(self.learn, 'wd_bn_bias', False) and p.ndim == 1: opt.state[p] = {'do_wd': False}
-
-    @property
-    def _head_state(self) -> dict:
-        if not hasattr(self, '_opt_state'): self._opt_state = {}
-        return self._opt_state
 
     def _restore(self):
         if not self.attached: return

@@ -1,4 +1,4 @@
-"""Does pretraining help at 10% labels? Masked-value and next-step (tsai-ssl) vs tsai's MVP vs training from scratch.
+"""Does pretraining help at 10% labels? tsai-ssl's tasks (masked, next, contrastive, ts2vec) vs tsai's MVP vs scratch.
 
 Run by hand (not part of the tests):
 
@@ -67,7 +67,7 @@ def main(argv=None):
             for method in a.methods:
                 t0 = time.time()
                 weights = None
-                if method in ('masked', 'next'):
+                if method in ('masked', 'next', 'contrastive', 'ts2vec'):
                     weights = pretrain(Xtr, task=method, arch='ResNetPlus', epochs=a.pretrain_epochs, lr=a.lr, bs=a.bs,
                                        max_len=a.max_len, seed=seed, path=out / name / method)
                 elif method == 'mvp':

@@ -80,3 +80,18 @@ def test_continuous_mode():
     learn = ts_learner(unlabeled_dls(), ResNetPlus, cbs=NextStepPretrain(vocab=None, horizon=3, loss='huber'))
     fit_quiet(learn, 1)
     assert learn.recorder.metric_names[3:5] == ['next_mse', 'repeat_mse']
+
+
+def test_tsai_get_ts_dls_targets_are_raw_integers():
+    import numpy as np
+    from tsai.data.core import get_ts_dls
+    from tsai.data.preprocessing import TSStandardize
+    from conftest import ar_counts
+    X = np.stack(ar_counts(30, min_len=48, max_len=48)[0]).astype(np.float32)
+    dls = get_ts_dls(X, splits=(list(range(20)), list(range(20, 30))), batch_tfms=[TSStandardize()], bs=10)
+    spy = Spy()
+    learn = ts_learner(dls, ResNetPlus, cbs=[NextStepPretrain(), spy])
+    fit_quiet(learn, 1)
+    (xb,), (tgt, cur) = spy.valid[0][0]
+    assert torch.equal(cur.float(), torch.from_numpy(X[20:30]))
+    assert torch.equal(tgt[:, 0, :, :-1].float(), torch.from_numpy(X[20:30, :, 1:]))

@@ -57,6 +57,7 @@ TASKS: dict[str, tuple[str, str, str]] = {
     'masked': ('masked', 'MaskedValuePretrain', 'masked-value'),
     'next': ('next_step', 'NextStepPretrain', 'next-step'),
     'contrastive': ('contrastive', 'ContrastivePretrain', 'contrastive'),
+    'ts2vec': ('contrastive', 'TS2VecPretrain', 'TS2Vec'),
 }
 _TASK_ALIASES = {'mask': 'masked', 'masked-value': 'masked', 'masked_value': 'masked', 'mvp': 'masked',
                  'next-step': 'next', 'next_step': 'next', 'nextstep': 'next', 'contrast': 'contrastive'}

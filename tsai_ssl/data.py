@@ -348,6 +348,7 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
         min_len: refuse series shorter than this (a CNN needs a few steps).
         input_vocab: n (values 0..n-1) to check that inputs are exact integers in range (e.g. 41 for 0..40).
         bucket: group series of similar length into batches (little padding, much faster on varied lengths).
+        seed: seeds the training order and crops, and torch's global generator (so a model built next is seeded too).
     """
     series = X if _is_store(X) else to_series_list(X)
     if len(series) == 0: raise ValueError('Empty data: no series given.')

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.learner import Metric
 
 from ..backbone import Backbone, _eval_mode, infer_c_in, split_backbone
@@ -131,7 +131,7 @@ class PretextTask(Callback):
         def guarded_do_epoch():
             try: orig()
             except BaseException as e:
-                if not isinstance(e, _fastai_cancel()): self._restore()
+                if not isinstance(e, (CancelFitException, CancelEpochException)): self._restore()
                 raise
         learn._do_epoch = guarded_do_epoch
         self.order = self._late_order
@@ -224,7 +224,3 @@ class PretextTask(Callback):
         save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)
 
-
-def _fastai_cancel():
-    from fastai.callback.core import CancelEpochException, CancelFitException
-    return (CancelFitException, CancelEpochException)

@@ -93,7 +93,7 @@ class MaskedValuePretrain(PretextTask):
         if vocab is not None and vocab < 2: raise ValueError(f'vocab must be >= 2 or None, got {vocab}')
         if loss not in ('mse', 'huber'): raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
         self.ratio, self.mean_span, self.vocab, self.loss_kind = ratio, mean_span, vocab, loss
-        self.fill, self.fill_value = fill, None if fill == 'auto' else torch.tensor(float(fill))
+        self.fill_value = None if fill == 'auto' else torch.tensor(float(fill))
 
     def make_head(self, nf, c_in):
         self.c_in = c_in

@@ -47,6 +47,8 @@ class PaddingAware:
         batchnorm: compute training-mode ``BatchNorm1d`` statistics over real steps only.
     """
 
+    active: list['PaddingAware'] = []  # entered instances (`tsai_ssl.memory` replays their masks on recomputation)
+
     def __init__(self, module: nn.Module, batchnorm: bool = True):
         self.module, self.batchnorm = module, batchnorm
         self.mask: torch.Tensor | None = None
@@ -66,6 +68,7 @@ class PaddingAware:
                     self._patched.append((m, prev))
         except BaseException:
             self.__exit__(None, None, None); raise
+        PaddingAware.active.append(self)
         return self
 
     def __exit__(self, *exc):
@@ -74,6 +77,7 @@ class PaddingAware:
             if prev is None: m.__dict__.pop('forward', None)
             else: m.forward = prev
         self._handles, self._patched, self.mask = [], [], None
+        if self in PaddingAware.active: PaddingAware.active.remove(self)
         return False
 
     @contextlib.contextmanager

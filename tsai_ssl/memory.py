@@ -1,0 +1,158 @@
+"""Memory saver: activation checkpointing of a backbone's blocks, with results unchanged.
+
+A training step at 30720 steps keeps every intermediate activation of the backbone for the backward pass: for
+ResNetPlus at batch 8 that is dozens of ``(8, 128, 30720)`` float tensors (125 MB each). With
+`checkpoint_blocks` each block (a ResNetPlus residual block, an InceptionTimePlus inception module, ...) keeps
+only its input; its inside is recomputed during the backward pass, one block at a time
+(`torch.utils.checkpoint`, non-reentrant). This trades about one extra forward pass of compute for memory.
+
+Results are unchanged, not approximately but exactly (tested): the recomputation replays the forward's random
+state (dropout), training-mode BatchNorm does not update its running statistics a second time, and the padding
+mask of an active `tsai_ssl.padding.PaddingAware` (contrastive tasks, `IgnorePadding`) is the one of the forward
+even when the task has cleared it by the time the backward pass runs.
+
+    learn = ts_learner(dls, ResNetPlus, cbs=[MaskedValuePretrain(save_as='ssl'), MemorySaver()])
+
+or, around any forward/backward: ``with checkpoint_blocks(model): loss(model(x)).backward()``.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+from torch.utils.checkpoint import checkpoint
+
+from .padding import PaddingAware
+
+__all__ = ['find_blocks', 'checkpoint_blocks', 'MemorySaver']
+
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def _n_params(m: nn.Module) -> int: return sum(p.numel() for p in m.parameters())
+
+
+def find_blocks(module: nn.Module, min_blocks: int = 3) -> list[str]:
+    """Names (in ``module.named_modules()``) of the blocks to checkpoint: the composite modules one level below the
+    plain containers, split further (largest first) until there are at least `min_blocks`.
+
+    ResNetPlus -> its 3 residual blocks; InceptionTimePlus -> its 6 inception modules and the shortcut blocks;
+    a user ``nn.Sequential`` of conv blocks -> those blocks. Single layers (a Conv1d, a BatchNorm1d) are never
+    blocks: checkpointing one saves nothing.
+    """
+    def children(prefix, m):
+        return [(f'{prefix}.{n}' if prefix else n, c) for n, c in m.named_children()]
+
+    def is_leaf(m): return not any(True for _ in m.children())
+    def opens(m):  # plain containers are opened, except an nn.Sequential of single layers (a conv block)
+        return type(m) in (nn.ModuleList, nn.ModuleDict) or (type(m) is nn.Sequential and not all(map(is_leaf, m.children())))
+
+    frontier = children('', module)
+    while True:
+        while any(opens(m) for _, m in frontier):
+            frontier = [x for n, m in frontier for x in (children(n, m) if opens(m) else [(n, m)])]
+        blocks = [(n, m) for n, m in frontier if _n_params(m) and not is_leaf(m) and type(m) not in _CONTAINERS[1:]]
+        if len(blocks) >= min_blocks or not blocks: return [n for n, _ in blocks]
+        name, big = max(blocks, key=lambda b: _n_params(b[1]))
+        i = next(i for i, (n, _) in enumerate(frontier) if n == name)
+        frontier[i:i + 1] = children(name, big)
+
+
+@contextlib.contextmanager
+def _replay(bns: list[nn.Module], masks: list[tuple[PaddingAware, torch.Tensor | None]]):
+    "The recomputation's context: the forward's padding masks; BatchNorm running statistics put back as they were."
+    # (Turning track_running_stats off instead would change which tensors batch_norm saves, which checkpoint forbids.)
+    stats = [[b.clone() for b in bn.buffers()] for bn in bns]
+    prev_pa = [(pa, pa.mask) for pa, _ in masks]
+    try:
+        for pa, m in masks: pa.mask = m
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, saved in zip(bns, stats):
+                for b, v in zip(bn.buffers(), saved): b.copy_(v)
+        for pa, m in prev_pa: pa.mask = m
+
+
+def _checkpointed_forward(block: nn.Module):
+    orig = block.forward  # the class's (or an already patched) forward, bound to the block
+    bns = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+    def forward(*args, **kwargs):
+        if not (torch.is_grad_enabled() and block.training): return orig(*args, **kwargs)
+        masks = [(pa, pa.mask) for pa in PaddingAware.active]
+        ctx = lambda: (contextlib.nullcontext(), _replay(bns, masks))
+        return checkpoint(orig, *args, use_reentrant=False, context_fn=ctx, **kwargs)
+    return forward
+
+
+@contextlib.contextmanager
+def checkpoint_blocks(module: nn.Module, blocks: list[str] | None = None, min_blocks: int = 3) -> Iterator[list[str]]:
+    """Inside the context, training-mode forwards of `module` with gradients keep only each block's input and
+    recompute the block in the backward pass. Yields the names of the checkpointed blocks (default `find_blocks`).
+    Eval mode and ``torch.no_grad()`` run exactly as without it. Restored on exit."""
+    names = find_blocks(module, min_blocks) if blocks is None else list(blocks)
+    if not names: raise ValueError(f'checkpoint_blocks found no blocks in {type(module).__name__}: pass blocks=[names].')
+    mods = [module.get_submodule(n) for n in names]
+    patched = []
+    try:
+        for m in mods:
+            prev = m.__dict__.get('forward')
+            m.forward = _checkpointed_forward(m)
+            patched.append((m, prev))
+        yield names
+    finally:
+        for m, prev in reversed(patched):
+            if prev is None: m.__dict__.pop('forward', None)
+            else: m.forward = prev
+
+
+class MemorySaver(Callback):
+    """fastai callback: activation checkpointing of the model's backbone blocks during fit (see `checkpoint_blocks`).
+
+    Works with the pretext tasks (it runs after their model swap) and with ordinary fine-tuning. Peak training
+    memory at long lengths drops by the factors in the README for about one extra forward pass of compute.
+
+    Args:
+        blocks: names of the modules of ``learn.model`` to checkpoint (default: `find_blocks` of the backbone).
+        min_blocks: see `find_blocks`.
+    """
+    order = -3  # after a pretext task's swap (-5) and IgnorePadding (-4)
+
+    def __init__(self, blocks: list[str] | None = None, min_blocks: int = 3):
+        self.blocks, self.min_blocks, self._ctx, self.names = blocks, min_blocks, None, []
+        self._guard = self._prev_do_epoch = None
+
+    def before_fit(self):
+        self._remove()
+        model = self.learn.model
+        if self.blocks is not None: root, blocks = model, self.blocks
+        else:
+            from .backbone import split_backbone
+            root = model.backbone if hasattr(model, 'ssl_head') else split_backbone(model)  # a PretextModel or not
+            blocks = None
+        self._ctx = checkpoint_blocks(root, blocks, self.min_blocks)
+        self.names = self._ctx.__enter__()
+        # fastai runs neither after_fit nor after_cancel_fit when another exception (KeyboardInterrupt, ...) leaves
+        # an epoch: take the patches off then too, so the model never keeps them (they would break learn.export)
+        learn, orig, self._prev_do_epoch = self.learn, self.learn._do_epoch, self.learn.__dict__.get('_do_epoch')
+        def guarded_do_epoch():
+            try: orig()
+            except BaseException:
+                self._remove(); raise
+        self._guard = learn._do_epoch = guarded_do_epoch
+
+    def _remove(self):
+        if self._ctx is not None: self._ctx.__exit__(None, None, None)
+        self._ctx = None
+        learn = getattr(self, 'learn', None)
+        if learn is not None and learn.__dict__.get('_do_epoch') is getattr(self, '_guard', None):
+            if self._prev_do_epoch is None: learn.__dict__.pop('_do_epoch', None)
+            else: learn._do_epoch = self._prev_do_epoch
+        self._guard = None
+
+    def after_fit(self): self._remove()
+    def after_cancel_fit(self): self._remove()

@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .padding import PaddingAware
 
-__all__ = ['find_blocks', 'checkpoint_blocks', 'MemorySaver']
+__all__ = ['find_blocks', 'sub_blocks', 'checkpoint_blocks', 'MemorySaver']
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
@@ -89,12 +89,35 @@ def _checkpointed_forward(block: nn.Module):
     return forward
 
 
+def sub_blocks(block: nn.Module, prefix: str = '') -> list[str]:
+    """The composite children of `block` with two or more layers (a conv-BN-ReLU ``ConvBlock``, not a lone conv)."""
+    def n_layers(m): return sum(1 for c in m.modules() if not any(True for _ in c.children()))
+    out = []
+    for n, c in block.named_children():
+        name = f'{prefix}.{n}' if prefix else n
+        if type(c) in (nn.ModuleList, nn.ModuleDict): out += sub_blocks(c, name)
+        elif _n_params(c) and n_layers(c) >= 2 and any(True for _ in c.children()): out.append(name)
+    return out
+
+
 @contextlib.contextmanager
-def checkpoint_blocks(module: nn.Module, blocks: list[str] | None = None, min_blocks: int = 3) -> Iterator[list[str]]:
+def checkpoint_blocks(module: nn.Module, blocks: list[str] | None = None, min_blocks: int = 3,
+                      nested: bool = True) -> Iterator[list[str]]:
     """Inside the context, training-mode forwards of `module` with gradients keep only each block's input and
-    recompute the block in the backward pass. Yields the names of the checkpointed blocks (default `find_blocks`).
-    Eval mode and ``torch.no_grad()`` run exactly as without it. Restored on exit."""
-    names = find_blocks(module, min_blocks) if blocks is None else list(blocks)
+    recompute the block in the backward pass. Yields the names of the checkpointed modules.
+
+    Args:
+        blocks: names of modules of `module` to checkpoint (default `find_blocks`).
+        nested: also checkpoint each default block's `sub_blocks` inside its recomputation (ResNetPlus: the
+            conv-BN-ReLU blocks of each residual block), so that recomputing one block never holds all of its
+            activations at once: less memory (ResNetPlus at 30720 steps: see the README) for a second
+            recomputation of the sub-blocks.
+    Eval mode and ``torch.no_grad()`` run exactly as without it. Restored on exit.
+    """
+    if blocks is None:
+        names = find_blocks(module, min_blocks)
+        if nested: names += [f'{n}.{s}' for n in list(names) for s in sub_blocks(module.get_submodule(n))]
+    else: names = list(blocks)
     if not names: raise ValueError(f'checkpoint_blocks found no blocks in {type(module).__name__}: pass blocks=[names].')
     mods = [module.get_submodule(n) for n in names]
     patched = []
@@ -118,12 +141,12 @@ class MemorySaver(Callback):
 
     Args:
         blocks: names of the modules of ``learn.model`` to checkpoint (default: `find_blocks` of the backbone).
-        min_blocks: see `find_blocks`.
+        min_blocks, nested: see `find_blocks` and `checkpoint_blocks`.
     """
     order = -3  # after a pretext task's swap (-5) and IgnorePadding (-4)
 
-    def __init__(self, blocks: list[str] | None = None, min_blocks: int = 3):
-        self.blocks, self.min_blocks, self._ctx, self.names = blocks, min_blocks, None, []
+    def __init__(self, blocks: list[str] | None = None, min_blocks: int = 3, nested: bool = True):
+        self.blocks, self.min_blocks, self.nested, self._ctx, self.names = blocks, min_blocks, nested, None, []
         self._guard = self._prev_do_epoch = None
 
     def before_fit(self):
@@ -134,7 +157,7 @@ class MemorySaver(Callback):
             from .backbone import split_backbone
             root = model.backbone if hasattr(model, 'ssl_head') else split_backbone(model)  # a PretextModel or not
             blocks = None
-        self._ctx = checkpoint_blocks(root, blocks, self.min_blocks)
+        self._ctx = checkpoint_blocks(root, blocks, self.min_blocks, self.nested)
         self.names = self._ctx.__enter__()
         # fastai runs neither after_fit nor after_cancel_fit when another exception (KeyboardInterrupt, ...) leaves
         # an epoch: take the patches off then too, so the model never keeps them (they would break learn.export)

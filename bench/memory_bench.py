@@ -38,11 +38,12 @@ def child(arch: str, task: str, L: int, bs: int, saver: bool, device: str) -> di
     from tsai_ssl import (ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, get_ssl_dls)
     model = {'ResNetPlus': rnp.ResNetPlus, 'InceptionTimePlus': itp.InceptionTimePlus}[arch]
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next': NextStepPretrain, 'contrastive': ContrastivePretrain}
-    torch.manual_seed(0)  # same initial weights in both processes: the losses must match
+    from fastai.torch_core import set_seed
+    set_seed(0, reproducible=True)  # same weights, masks and views in both processes: the losses must match
     rng = np.random.default_rng(0)
     X = rng.integers(0, 41, (bs, 1, L)).astype(np.uint8)
     y = rng.integers(0, 2, bs) if tasks[task] is None else None
-    dls = get_ssl_dls(X, y, bs=bs, device=torch.device(device))
+    dls = get_ssl_dls(X, y, bs=bs, device=torch.device(device), seed=0)
     cbs = ([tasks[task]()] if tasks[task] else []) + ([MemorySaver()] if saver else [])
     learn = ts_learner(dls, model, cbs=cbs)
     learn.remove_cb(ProgressCallback)

@@ -147,3 +147,12 @@ def test_memory_saver_lr_find():
     learn = ts_learner(unlabeled_dls(n=32, bs=8), ResNetPlus, cbs=[MaskedValuePretrain(), MemorySaver()])
     with learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=6, show_plot=False)
     assert all('forward' not in m.__dict__ for m in learn.model.modules())
+
+
+def test_memory_saver_bad_blocks_leave_learner_usable():
+    learn = ts_learner(unlabeled_dls(n=32, bs=8), ResNetPlus, cbs=[MaskedValuePretrain(), MemorySaver(blocks=[])])
+    clf = learn.model
+    with pytest.raises(ValueError, match='no blocks'): fit_quiet(learn, 1)
+    assert learn.model is clf and not learn.masked_value_pretrain.attached
+    with pytest.raises(AttributeError):
+        fit_quiet(ts_learner(unlabeled_dls(n=32, bs=8), ResNetPlus, cbs=MemorySaver(blocks=['nope'])), 1)

@@ -18,6 +18,7 @@ with warnings.catch_warnings():
 from .backbone import Backbone, causal, check_causal, masked_max, masked_mean, split_backbone
 from .masking import span_mask
 from .padding import IgnorePadding, PaddingAware, padding_aware
+from .checkpoint import Checkpoint
 from .memory import MemorySaver, checkpoint_blocks, find_blocks
 from .embed import LinearProbe, get_embeddings, linear_probe
 from .tasks import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, PretextModel, PretextTask, TS2VecPretrain

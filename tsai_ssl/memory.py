@@ -158,7 +158,11 @@ class MemorySaver(Callback):
             root = model.backbone if hasattr(model, 'ssl_head') else split_backbone(model)  # a PretextModel or not
             blocks = None
         self._ctx = checkpoint_blocks(root, blocks, self.min_blocks, self.nested)
-        self.names = self._ctx.__enter__()
+        try: self.names = self._ctx.__enter__()
+        except BaseException:
+            self._ctx = None
+            from .tasks.base import restore_tasks
+            restore_tasks(self.learn); raise
         # fastai runs neither after_fit nor after_cancel_fit when another exception (KeyboardInterrupt, ...) leaves
         # an epoch: take the patches off then too, so the model never keeps them (they would break learn.export)
         learn, orig, self._prev_do_epoch = self.learn, self.learn._do_epoch, self.learn.__dict__.get('_do_epoch')

@@ -31,7 +31,7 @@ from ..backbone import Backbone, _eval_mode, infer_c_in, split_backbone
 from ..data import batch_pad_mask, batch_raw_input
 from ..transfer import save_backbone, weights_path
 
-__all__ = ['PretextModel', 'PretextTask', 'CountMetric']
+__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks']
 
 
 class PretextModel(nn.Module):
@@ -125,7 +125,7 @@ class PretextTask(Callback):
             self._add_head_to_opt()
         except BaseException:
             self._restore(); raise
-        self.best = float('inf')
+        self.best, self._trained = float('inf'), False
         # Restore even if something other than CancelFitException escapes an epoch (fastai then skips after_fit).
         orig = learn._do_epoch
         def guarded_do_epoch():
@@ -199,8 +199,13 @@ class PretextTask(Callback):
         return dict(x=x, pad_mask=mask, raw=raw, xb=xb, yb=yb, pred=pred)
 
     # -- saving --------------------------------------------------------------------------------------
+    def after_batch(self):
+        if self.training: self._trained = True
+
     def after_epoch(self):
-        if not self.attached or self.save_as is None: return
+        trained, self._trained = self._trained, False
+        # an epoch that trained nothing (skipped by fastai's start_epoch or a resumed `Checkpoint`) saves nothing
+        if not self.attached or self.save_as is None or not trained: return
         loss = self._epoch_loss()
         meta = dict(task=type(self).__name__, epoch=self.epoch, loss=loss)
         if self.save in ('best', 'both') and loss is not None and loss < self.best:
@@ -224,3 +229,9 @@ class PretextTask(Callback):
         save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)
 
+
+def restore_tasks(learn) -> None:
+    """Put back the classifier of every attached pretext task of `learn`. For callbacks that run after a task's
+    ``before_fit`` and raise: fastai then runs no ``after_fit``, so the task could not restore itself."""
+    for cb in learn.cbs:
+        if isinstance(cb, PretextTask) and cb.attached: cb._restore()

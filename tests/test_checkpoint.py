@@ -1,0 +1,91 @@
+"Resumable training: an interrupted + resumed fit ends exactly where an uninterrupted one does."
+import pytest
+import torch
+from fastai.torch_core import set_seed
+from tsai.learner import ts_learner
+from tsai.models.ResNetPlus import ResNetPlus
+
+from conftest import ar_counts
+from helpers import RaiseAt, fit_quiet, unlabeled_dls
+from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, get_ssl_dls
+
+
+class RaiseAtEpoch(RaiseAt):
+    "Raise KeyboardInterrupt at training iteration `it` of epoch `epoch`."
+    def __init__(self, epoch, it=1): super().__init__(it); self.at_epoch = epoch
+    def after_batch(self):
+        if self.training and self.epoch == self.at_epoch and self.iter == self.it: raise KeyboardInterrupt('boom')
+
+
+def _learner(task, extra=(), labeled=False):
+    set_seed(0, reproducible=True)
+    if labeled:
+        X, y = ar_counts(32, n_classes=2)
+        dls = get_ssl_dls(X, y, splits=(range(24), range(24, 32)), bs=8)
+    else: dls = unlabeled_dls(n=32, bs=8)
+    dls.train.rng.seed(0)
+    return ts_learner(dls, ResNetPlus, cbs=([task(save_as='bb')] if task else []) + list(extra))
+
+
+def _result(learn):
+    return [float(v) for row in learn.recorder.values for v in row], {k: v.clone() for k, v in learn.model.state_dict().items()}
+
+
+@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, None])
+def test_resume_equals_uninterrupted(task):
+    ref = _learner(task, [Checkpoint('run')], labeled=task is None)
+    fit_quiet(ref, 4)
+    ref_vals, ref_state = _result(ref)
+    ref_bb = torch.load('models/bb.pth') if task else None
+
+    crashed = _learner(task, [Checkpoint('run'), RaiseAtEpoch(2)], labeled=task is None)
+    with pytest.raises(KeyboardInterrupt): fit_quiet(crashed, 4)
+    ck = torch.load('models/run.pth', weights_only=True)
+    assert ck['epoch'] == 1  # the last completed epoch
+
+    resumed = _learner(task, [Checkpoint('run', resume=True)], labeled=task is None)  # a fresh process' Learner
+    set_seed(123)  # whatever the global random state is now, the checkpoint's is used
+    fit_quiet(resumed, 4)
+    vals, state = _result(resumed)
+    assert vals == pytest.approx(ref_vals, rel=1e-6, abs=1e-7)
+    assert state.keys() == ref_state.keys()
+    assert all(torch.allclose(state[k].float(), ref_state[k].float(), atol=1e-6) for k in state)
+    if task:  # the 'best' backbone file is the uninterrupted run's
+        bb = torch.load('models/bb.pth')
+        assert all(torch.allclose(bb[k], ref_bb[k], atol=1e-6) for k in bb)
+
+
+def test_resume_auto_without_file_starts_fresh_and_true_errors():
+    learn = _learner(MaskedValuePretrain, [Checkpoint('nothing', resume=True)])
+    with pytest.raises(FileNotFoundError, match="resume='auto'"): fit_quiet(learn, 1)
+    assert '_do_epoch' not in learn.__dict__ and not learn.masked_value_pretrain.attached
+    learn = _learner(MaskedValuePretrain, [Checkpoint('nothing', resume='auto')])
+    fit_quiet(learn, 1)
+    assert torch.load('models/nothing.pth', weights_only=True)['epoch'] == 0
+
+
+def test_resume_mismatches_are_explained(tmp_path):
+    fit_quiet(_learner(MaskedValuePretrain, [Checkpoint('run')]), 2)
+    with pytest.raises(ValueError, match='same number of epochs'):
+        fit_quiet(_learner(MaskedValuePretrain, [Checkpoint('run', resume=True)]), 3)
+    with pytest.raises(ValueError, match='MaskedValuePretrain'):
+        fit_quiet(_learner(NextStepPretrain, [Checkpoint('run', resume=True)]), 2)
+    with pytest.warns(UserWarning, match='nothing left'):
+        learn = _learner(MaskedValuePretrain, [Checkpoint('run', resume=True)])
+        fit_quiet(learn, 2)
+    assert not learn.masked_value_pretrain.attached  # restored after the early stop
+    (tmp_path / 'models' / 'bad.pth').write_bytes(b'\x80\x02garbage')
+    with pytest.raises(RuntimeError, match='truncated'):
+        fit_quiet(_learner(MaskedValuePretrain, [Checkpoint('bad', resume=True)]), 2)
+    torch.save({'a': torch.zeros(1)}, tmp_path / 'models' / 'other.pth')
+    with pytest.raises(RuntimeError, match='not a tsai_ssl Checkpoint'):
+        fit_quiet(_learner(MaskedValuePretrain, [Checkpoint('other', resume=True)]), 2)
+
+
+def test_checkpoint_file_survives_a_crash_during_the_next_epoch():
+    learn = _learner(MaskedValuePretrain, [Checkpoint('run'), RaiseAtEpoch(1)])
+    with pytest.raises(KeyboardInterrupt): fit_quiet(learn, 3)
+    ck = torch.load('models/run.pth', weights_only=True)
+    assert ck['epoch'] == 0 and any(k.startswith('ssl_head.') for k in ck['model'])
+    import os
+    assert not [f for f in os.listdir('models') if f.endswith('.tmp')]

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from fastai.metrics import accuracy
 from tsai.learner import ts_learner
@@ -34,3 +35,32 @@ def test_get_preds_do_not_depend_on_batch_neighbours():
         plain, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6))
         assert not torch.allclose(alone, plain, atol=1e-3)  # without it, padding changes predictions
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in learn.model.modules())
+
+
+def _reference_masked_bn(x, mask, weight, bias, eps=1e-5):
+    "Plain autograd reference: statistics over the real steps, output everywhere."
+    w = mask[:, None].to(x.dtype)
+    n = w.sum()
+    mean = (x * w).sum((0, 2)) / n
+    var = (((x - mean[:, None]) ** 2) * w).sum((0, 2)) / n
+    return (x - mean[:, None]) / torch.sqrt(var[:, None] + eps) * weight[:, None] + bias[:, None]
+
+
+@pytest.mark.parametrize('lens', [[12, 12, 12], [12, 7, 3], [12, 1, 5]])
+@pytest.mark.parametrize('offset', [0., 50.])
+def test_masked_batch_norm_matches_reference(lens, offset):
+    from tsai_ssl.padding import _MaskedBatchNorm
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 4, 12, generator=g, dtype=torch.float64) * 2 + offset).requires_grad_()
+    weight = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(4, generator=g, dtype=torch.float64, requires_grad=True)
+    mask = torch.arange(12)[None] < torch.tensor(lens)[:, None]
+    gy = torch.randn(3, 4, 12, generator=g, dtype=torch.float64)
+    ref = _reference_masked_bn(x, mask, weight, bias)
+    got, mean, var = _MaskedBatchNorm.apply(x, mask[:, None].double(), weight, bias, 1e-5)
+    assert torch.allclose(got, ref, atol=1e-9)
+    r = torch.autograd.grad(ref, (x, weight, bias), gy)
+    o = torch.autograd.grad(got, (x, weight, bias), gy)
+    assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(r, o))
+    assert torch.autograd.gradcheck(lambda x, w_, b_: _MaskedBatchNorm.apply(x, mask[:, None].double(), w_, b_, 1e-5)[0],
+                                    (x, weight, bias))

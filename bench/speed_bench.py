@@ -7,7 +7,10 @@ Part 'bucketing': one training epoch of ResNetPlus over the same series (log-uni
 batched by length (tsai_ssl) vs padded to the longest series in the data (what a fixed-length array forces).
 Part 'steps': time of one training step (forward, loss, backward, optimizer) of each SSL callback vs a plain
 supervised step on the same backbone, batch and length. Ratios are what to read: both sides run in one process
-on the same machine, alternating, median of `--reps` repetitions.
+on the same machine, alternating, median of `--reps` repetitions. A contrastive step runs two views of every
+series through the backbone, so it is also compared with a supervised step on twice the batch ('supervised 2x').
+Part 'mvp': one masked-value pretraining epoch of tsai_ssl's MaskedValuePretrain vs tsai's MVP callback on the
+same fixed-length data, backbone and batch size (each with its own data pipeline: tsai's get_ts_dls for MVP).
 """
 from __future__ import annotations
 
@@ -52,15 +55,17 @@ def bucketing(n: int, bs: int, seed: int = 0):
     print(f'bucketing speed-up: {res["padded to longest"][0] / res["bucketed"][0]:.2f}x')
 
 
-def step_times(L: int, bs: int, reps: int):
+def step_times(L: int, bs: int, reps: int, only=None):
     from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, get_ssl_dls
     rng = np.random.default_rng(0)
-    X = rng.integers(0, 41, (bs, 1, L)).astype(np.uint8)
+    X = rng.integers(0, 41, (2 * bs, 1, L)).astype(np.uint8)
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next-step': NextStepPretrain,
-             'contrastive': ContrastivePretrain}
+             'contrastive': ContrastivePretrain, 'supervised 2x': None}
+    if only: tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in only}
     learners = {}
     for name, task in tasks.items():
-        dls = get_ssl_dls(X, rng.integers(0, 2, bs) if task is None else None, bs=bs)
+        b = 2 * bs if name == 'supervised 2x' else bs
+        dls = get_ssl_dls(X[:b], rng.integers(0, 2, b) if task is None else None, bs=b)
         learn = _learner(dls, cbs=[task()] if task else None)
         learn.create_opt()
         from fastai.callback.progress import ProgressCallback
@@ -80,13 +85,44 @@ def step_times(L: int, bs: int, reps: int):
     base = statistics.median(times['supervised'][1:])
     for name in tasks:
         t = statistics.median(times[name][1:])
-        print(f'L={L:6d} bs={bs}: {name:>12} step {t * 1000:8.1f} ms  ratio {t / base:5.2f}x', flush=True)
+        extra = ''
+        if name == 'contrastive' and 'supervised 2x' in times:
+            extra = f'  ({t / statistics.median(times["supervised 2x"][1:]):.2f}x a supervised step on 2x the batch)'
+        print(f'L={L:6d} bs={bs}: {name:>13} step {t * 1000:8.1f} ms  ratio {t / base:5.2f}x{extra}', flush=True)
     for learn, _ in learners.values(): learn('after_fit')
+
+
+def mvp_epoch(n: int, L: int, bs: int, reps: int):
+    "One pretraining epoch: tsai_ssl's MaskedValuePretrain vs tsai's MVP, same data, backbone, batch size."
+    from fastai.torch_core import set_seed
+    from tsai.callback.MVP import MVP
+    from tsai.data.core import get_ts_dls
+    from tsai.data.preprocessing import TSStandardize
+    from tsai_ssl import MaskedValuePretrain, get_ssl_dls
+    rng = np.random.default_rng(0)
+    X = rng.integers(0, 41, (n, 1, L)).astype(np.float32)
+    splits = (list(range(n - bs)), list(range(n - bs, n)))
+    set_seed(0)
+    ours = _learner(get_ssl_dls(X, splits=splits, bs=bs, batch_tfms=[TSStandardize()]), cbs=MaskedValuePretrain())
+    theirs = _learner(get_ts_dls(X, splits=splits, bs=bs, batch_tfms=[TSStandardize()]),
+                      cbs=MVP(target_dir='/tmp', fname='mvp_speed', save_best=False))
+    times = {'tsai_ssl MaskedValuePretrain': [], "tsai MVP": []}
+    for _ in range(reps):
+        for name, learn in zip(times, (ours, theirs)):
+            t0 = time.perf_counter()
+            with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
+            times[name].append(time.perf_counter() - t0)
+    for name, t in times.items():
+        print(f'{n} series x {L} steps, bs={bs}: {name:>29} epoch {min(t):7.2f} s (best of {reps})', flush=True)
+    print(f'MVP / MaskedValuePretrain epoch time: {min(times["tsai MVP"]) / min(times["tsai_ssl MaskedValuePretrain"]):.2f}x')
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--part', choices=['bucketing', 'steps', 'all'], default='all')
+    p.add_argument('--part', choices=['bucketing', 'steps', 'mvp', 'all'], default='all')
+    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'contrastive', 'supervised 2x'],
+                   help='steps: only these (with the supervised reference)')
+    p.add_argument('--mvp-len', type=int, default=4096, help='mvp: series length')
     p.add_argument('--n', type=int, default=96, help='series in the bucketing epoch')
     p.add_argument('--bs', type=int, default=8)
     p.add_argument('--lengths', type=int, nargs='+', default=[2048, 30720])
@@ -95,7 +131,8 @@ def main(argv=None):
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
     if a.part in ('bucketing', 'all'): bucketing(a.n, a.bs)
     if a.part in ('steps', 'all'):
-        for L in a.lengths: step_times(L, a.bs, a.reps)
+        for L in a.lengths: step_times(L, a.bs, a.reps, a.tasks)
+    if a.part in ('mvp', 'all'): mvp_epoch(a.n, a.mvp_len, a.bs, a.reps)
 
 
 if __name__ == '__main__':

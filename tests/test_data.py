@@ -168,3 +168,21 @@ def test_mask_survives_fastai_distributed_wrapper():
     m = batch_pad_mask(ddl, b[0])
     assert m is not None and sorted(m.sum(1).tolist()) == [40, 60, 80, 100]
     assert batch_raw_input(ddl, b[0]).max() > 1.5  # raw scale, not standardized
+
+
+def test_seed_fixes_batch_transform_setup():
+    "fastai sets up TSStandardize on a batch drawn inside the loader's constructor: `seed` must fix that batch too."
+    import random
+    from tsai.data.preprocessing import TSStandardize
+    rng = np.random.default_rng(0)
+    X = [rng.integers(0, 41, (1, int(L))).astype(np.uint8) for L in rng.integers(50, 400, 40)]
+    stats = []
+    for s in (1, 2):
+        random.seed(s)  # a different global state each time
+        t = TSStandardize()
+        get_ssl_dls(X, bs=8, max_len=64, batch_tfms=[t], seed=0)
+        stats.append((float(t.mean), float(t.std)))
+    assert stats[0] == stats[1]
+    state = random.getstate()
+    get_ssl_dls(X, bs=8, seed=0)
+    assert random.getstate() == state  # the global generator is left as it was

@@ -368,10 +368,17 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
     if seed is not None: torch.manual_seed(seed)
     common = dict(max_len=max_len, pad_value=pad_value, bucket=bucket, num_workers=num_workers, device=device,
                   after_batch=batch_tfms)
-    train = BucketedDL(train_ds, bs=min(bs, len(train_ds)), shuffle=shuffle, drop_last=drop_last, crop=True, **common)
+    # fastai seeds a new loader's generator from Python's global `random`, and sets up the batch transforms (e.g.
+    # TSStandardize's statistics) on a batch drawn with it inside the constructor: seed that draw too
+    py_state = random.getstate()
+    if seed is not None: random.seed(seed)
+    try:
+        train = BucketedDL(train_ds, bs=min(bs, len(train_ds)), shuffle=shuffle, drop_last=drop_last, crop=True, **common)
+        # the validation loader shares the (already set-up) batch transforms of the training loader
+        valid = train.new(valid_ds, bs=val_bs or bs, shuffle=False, drop_last=False, crop=False)
+    finally:
+        if seed is not None: random.setstate(py_state)
     if seed is not None: train.rng = random.Random(seed)
-    # the validation loader shares the (already set-up) batch transforms of the training loader
-    valid = train.new(valid_ds, bs=val_bs or bs, shuffle=False, drop_last=False, crop=False)
     seq_len = max_len if max_len else int(max(train_ds.lengths))
     return SSLDataLoaders(train, valid, path=path, device=device, c_in=series[0].shape[0], vocab=vocab,
                           seq_len=seq_len, min_len=min_len, input_vocab=input_vocab)

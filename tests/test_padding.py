@@ -64,3 +64,18 @@ def test_masked_batch_norm_matches_reference(lens, offset):
     assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(r, o))
     assert torch.autograd.gradcheck(lambda x, w_, b_: _MaskedBatchNorm.apply(x, mask[:, None].double(), w_, b_, 1e-5)[0],
                                     (x, weight, bias))
+
+
+def test_masked_batch_norm_under_autocast():
+    "Under mixed precision the statistics stay float32 (sums of squares over bs x L steps overflow in fp16)."
+    from tsai_ssl.padding import _masked_batch_norm
+    bn = torch.nn.BatchNorm1d(4).train()
+    x = (torch.randn(2, 4, 4000) * 30).requires_grad_()  # sum of squares ~ 7e6: beyond fp16's 65504
+    mask = torch.arange(4000)[None] < torch.tensor([4000, 2500])[:, None]
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = _masked_batch_norm(bn, x, mask)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    y.sum().backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(bn.running_var).all()
+    real = y.detach()[:, :, :2500]
+    assert abs(float(real.mean())) < 0.05

@@ -138,6 +138,11 @@ def _fill_value(m: nn.Module):
     return None
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    "float16/bfloat16 -> float32; float32/float64 as they are."
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
 def _dots(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     "Per-channel sums of ``a * b`` over batch and time, ``(C,)``, as batched dot products (no full-size temporary)."
     bs, C, L = a.shape
@@ -156,7 +161,11 @@ class _MaskedBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, weight, bias, eps):
-        x = x.contiguous()
+        with torch.autocast(x.device.type, enabled=False):  # sums of squares over bs x L steps overflow in fp16
+            return _MaskedBatchNorm._forward(ctx, _f32(x).contiguous(), w.to(_f32(x).dtype), weight, bias, eps)
+
+    @staticmethod
+    def _forward(ctx, x, w, weight, bias, eps):
         n = w.sum()
         xw = x * w
         mean = xw.sum((0, 2)) / n
@@ -171,8 +180,12 @@ class _MaskedBatchNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy, _gmean, _gvar):
+        with torch.autocast(gy.device.type, enabled=False):
+            return _MaskedBatchNorm._backward(ctx, _f32(gy).contiguous())
+
+    @staticmethod
+    def _backward(ctx, gy):
         x, w, mean, invstd, weight = ctx.saved_tensors
-        gy = gy.contiguous()
         sg = gy.sum((0, 2))
         sgx = (_dots(gy, x) - mean * sg) * invstd  # sum gy * xhat
         gx = None

@@ -28,7 +28,7 @@ def _rss_mb() -> float:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
 
 
-def child(arch: str, task: str, L: int, bs: int, saver: bool, device: str) -> dict:
+def child(arch: str, task: str, L: int, bs: int, saver: bool, device: str, nested: bool = True) -> dict:
     import numpy as np
     import torch
     from fastai.callback.progress import ProgressCallback
@@ -44,7 +44,7 @@ def child(arch: str, task: str, L: int, bs: int, saver: bool, device: str) -> di
     X = rng.integers(0, 41, (bs, 1, L)).astype(np.uint8)
     y = rng.integers(0, 2, bs) if tasks[task] is None else None
     dls = get_ssl_dls(X, y, bs=bs, device=torch.device(device), seed=0)
-    cbs = ([tasks[task]()] if tasks[task] else []) + ([MemorySaver()] if saver else [])
+    cbs = ([tasks[task]()] if tasks[task] else []) + ([MemorySaver(nested=nested)] if saver else [])
     learn = ts_learner(dls, model, cbs=cbs)
     learn.remove_cb(ProgressCallback)
     learn.create_opt()
@@ -77,26 +77,31 @@ def main(argv=None):
     p.add_argument('--device', default='cuda' if _has_cuda() else 'cpu')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--saver', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('--flat', action='store_true', help='also measure MemorySaver(nested=False)')
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(child(a.archs[0], a.tasks[0], a.L, a.bs, a.saver, a.device))); return
+        print(json.dumps(child(a.archs[0], a.tasks[0], a.L, a.bs, a.saver, a.device, not a.flat))); return
     print(f'L={a.L} bs={a.bs} device={a.device}; peak = the training step\'s own peak memory', flush=True)
     for arch in a.archs:
         for task in a.tasks:
             res = {}
-            for saver in (False, True):
+            for saver in (['off', 'nested', 'flat'] if a.flat else ['off', 'nested']):
                 cmd = [sys.executable, __file__, '--child', '--archs', arch, '--tasks', task, '--L', str(a.L),
-                       '--bs', str(a.bs), '--device', a.device] + (['--saver'] if saver else [])
+                       '--bs', str(a.bs), '--device', a.device] + ([] if saver == 'off' else ['--saver'])
+                cmd += ['--flat'] if saver == 'flat' else []
                 # glibc would keep freed blocks up to 32 MB in its heap (RSS never shrinks); a fixed mmap threshold
                 # gives every large tensor back to the OS when freed, so the RSS high-water mark is torch's real peak
                 env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env)
                 if out.returncode: sys.exit(f'{" ".join(cmd)} failed:\n{out.stderr[-3000:]}')
                 res[saver] = json.loads(out.stdout.strip().splitlines()[-1])
-            r0, r1 = res[False], res[True]
-            print(f'{arch:>18} {task:>11}: peak {r0["peak_mb"]:8.0f} MB -> {r1["peak_mb"]:7.0f} MB with MemorySaver '
-                  f'({r0["peak_mb"] / r1["peak_mb"]:.2f}x less); step {r0["step_s"]:6.2f} s -> {r1["step_s"]:6.2f} s '
-                  f'({r1["step_s"] / r0["step_s"]:.2f}x); loss {r0["loss"]:.6f} / {r1["loss"]:.6f}', flush=True)
+            r0 = res['off']
+            for name, r1 in res.items():
+                if name == 'off': continue
+                label = 'MemorySaver()' if name == 'nested' else 'MemorySaver(nested=False)'
+                print(f'{arch:>18} {task:>11}: peak {r0["peak_mb"]:8.0f} MB -> {r1["peak_mb"]:7.0f} MB with {label} '
+                      f'({r0["peak_mb"] / r1["peak_mb"]:.2f}x less); step {r0["step_s"]:6.2f} s -> {r1["step_s"]:6.2f} s '
+                      f'({r1["step_s"] / r0["step_s"]:.2f}x); loss {r0["loss"]:.6f} / {r1["loss"]:.6f}', flush=True)
 
 
 def _has_cuda() -> bool:

@@ -78,12 +78,12 @@ class NextStepPretrain(PretextTask):
         if self.vocab is not None:
             cur = check_vocab(raw, pad_mask, self.vocab)
             tgt = torch.full((bs, H, C, L), IGNORE, dtype=torch.long, device=x.device)
-            for k in range(1, H + 1):  # H is small (1..a few): a loop over the horizon, not over samples
+            for k in range(1, min(H, L - 1) + 1):  # over the horizon (small), not samples; none exists >= L ahead
                 tgt[:, k - 1, :, :L - k] = cur[..., k:].masked_fill(~valid[:, None, k:], IGNORE)
             return (x,), (tgt, cur)
         tgt = torch.zeros(bs, H, C, L, device=x.device, dtype=x.dtype)
         w = torch.zeros(bs, H, 1, L, device=x.device, dtype=x.dtype)
-        for k in range(1, H + 1):
+        for k in range(1, min(H, L - 1) + 1):
             tgt[:, k - 1, :, :L - k] = x[..., k:]
             w[:, k - 1, 0, :L - k] = valid[:, k:].to(x.dtype)
         return (x,), (tgt, w, x)

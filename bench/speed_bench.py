@@ -9,6 +9,7 @@ Part 'steps': time of one training step (forward, loss, backward, optimizer) of 
 supervised step on the same backbone, batch and length. Ratios are what to read: both sides run in one process
 on the same machine, alternating, median of `--reps` repetitions. A contrastive step runs two views of every
 series through the backbone, so it is also compared with a supervised step on twice the batch ('supervised 2x').
+'+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time.
 Part 'mvp': one masked-value pretraining epoch of tsai_ssl's MaskedValuePretrain vs tsai's MVP callback on the
 same fixed-length data, backbone and batch size (each with its own data pipeline: tsai's get_ts_dls for MVP).
 """
@@ -56,17 +57,19 @@ def bucketing(n: int, bs: int, seed: int = 0):
 
 
 def step_times(L: int, bs: int, reps: int, only=None):
-    from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, get_ssl_dls
+    from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, get_ssl_dls
     rng = np.random.default_rng(0)
     X = rng.integers(0, 41, (2 * bs, 1, L)).astype(np.uint8)
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next-step': NextStepPretrain,
-             'contrastive': ContrastivePretrain, 'supervised 2x': None}
-    if only: tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in only}
+             'contrastive': ContrastivePretrain, 'supervised 2x': None, 'supervised+saver': None,
+             'supervised+flat saver': None, 'masked+saver': MaskedValuePretrain}
+    tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in (only or list(tasks)[:5])}
     learners = {}
     for name, task in tasks.items():
         b = 2 * bs if name == 'supervised 2x' else bs
         dls = get_ssl_dls(X[:b], rng.integers(0, 2, b) if task is None else None, bs=b)
-        learn = _learner(dls, cbs=[task()] if task else None)
+        cbs = ([task()] if task else []) + ([MemorySaver(nested='flat' not in name)] if 'saver' in name else [])
+        learn = _learner(dls, cbs=cbs)
         learn.create_opt()
         from fastai.callback.progress import ProgressCallback
         learn.remove_cb(ProgressCallback)
@@ -120,7 +123,8 @@ def mvp_epoch(n: int, L: int, bs: int, reps: int):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['bucketing', 'steps', 'mvp', 'all'], default='all')
-    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'contrastive', 'supervised 2x'],
+    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'contrastive', 'supervised 2x', 'supervised+saver',
+                                                  'supervised+flat saver', 'masked+saver'],
                    help='steps: only these (with the supervised reference)')
     p.add_argument('--mvp-len', type=int, default=4096, help='mvp: series length')
     p.add_argument('--n', type=int, default=96, help='series in the bucketing epoch')

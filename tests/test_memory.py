@@ -156,3 +156,11 @@ def test_memory_saver_bad_blocks_leave_learner_usable():
     assert learn.model is clf and not learn.masked_value_pretrain.attached
     with pytest.raises(AttributeError):
         fit_quiet(ts_learner(unlabeled_dls(n=32, bs=8), ResNetPlus, cbs=MemorySaver(blocks=['nope'])), 1)
+
+
+def test_memory_saver_named_blocks_during_pretraining():
+    "Block names are the classifier's, also while a pretext task has swapped in its model."
+    learn = ts_learner(unlabeled_dls(n=32, bs=8), ResNetPlus,
+                       cbs=[MaskedValuePretrain(), MemorySaver(blocks=['backbone.0', 'backbone.2'])])
+    fit_quiet(learn, 1)
+    assert learn.memory_saver.names == ['backbone.0', 'backbone.2']

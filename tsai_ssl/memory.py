@@ -4,7 +4,8 @@ A training step at 30720 steps keeps every intermediate activation of the backbo
 ResNetPlus at batch 8 that is dozens of ``(8, 128, 30720)`` float tensors (125 MB each). With
 `checkpoint_blocks` each block (a ResNetPlus residual block, an InceptionTimePlus inception module, ...) keeps
 only its input; its inside is recomputed during the backward pass, one block at a time
-(`torch.utils.checkpoint`, non-reentrant). This trades about one extra forward pass of compute for memory.
+(`torch.utils.checkpoint`, non-reentrant). This trades compute for memory: one extra forward pass of the blocks,
+two for the sub-blocks with ``nested=True`` (the default; measured costs and savings are in the README).
 
 Results are unchanged, not approximately but exactly (tested): the recomputation replays the forward's random
 state (dropout), training-mode BatchNorm does not update its running statistics a second time, and the padding
@@ -137,10 +138,12 @@ class MemorySaver(Callback):
     """fastai callback: activation checkpointing of the model's backbone blocks during fit (see `checkpoint_blocks`).
 
     Works with the pretext tasks (it runs after their model swap) and with ordinary fine-tuning. Peak training
-    memory at long lengths drops by the factors in the README for about one extra forward pass of compute.
+    memory at long lengths drops 2.3-2.6x for ResNetPlus/InceptionTimePlus (``nested=False``: less saving, less
+    recomputation; the README has the measured times).
 
     Args:
-        blocks: names of the modules of ``learn.model`` to checkpoint (default: `find_blocks` of the backbone).
+        blocks: names of modules of the classifier (``learn.model`` outside pretraining) to checkpoint
+            (default: `find_blocks` of its backbone, and their `sub_blocks` when nested).
         min_blocks, nested: see `find_blocks` and `checkpoint_blocks`.
     """
     order = -3  # after a pretext task's swap (-5) and IgnorePadding (-4)
@@ -151,12 +154,13 @@ class MemorySaver(Callback):
 
     def before_fit(self):
         self._remove()
+        from .backbone import split_backbone
+        from .tasks.base import PretextTask
         model = self.learn.model
-        if self.blocks is not None: root, blocks = model, self.blocks
-        else:
-            from .backbone import split_backbone
-            root = model.backbone if hasattr(model, 'ssl_head') else split_backbone(model)  # a PretextModel or not
-            blocks = None
+        task = next((cb for cb in self.learn.cbs if isinstance(cb, PretextTask) and cb.attached), None)
+        if self.blocks is not None:  # names of the classifier's modules (a pretext model shares them)
+            root, blocks = (task._saved['model'] if task is not None else model), self.blocks
+        else: root, blocks = (model.backbone if task is not None else split_backbone(model)), None
         self._ctx = checkpoint_blocks(root, blocks, self.min_blocks, self.nested)
         try: self.names = self._ctx.__enter__()
         except BaseException:

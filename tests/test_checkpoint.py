@@ -7,7 +7,7 @@ from tsai.models.ResNetPlus import ResNetPlus
 
 from conftest import ar_counts
 from helpers import RaiseAt, fit_quiet, unlabeled_dls
-from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, get_ssl_dls
+from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, TS2VecPretrain, get_ssl_dls
 
 
 class RaiseAtEpoch(RaiseAt):
@@ -31,7 +31,7 @@ def _result(learn):
     return [float(v) for row in learn.recorder.values for v in row], {k: v.clone() for k, v in learn.model.state_dict().items()}
 
 
-@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, None])
+@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, TS2VecPretrain, None])
 def test_resume_equals_uninterrupted(task):
     ref = _learner(task, [Checkpoint('run')], labeled=task is None)
     fit_quiet(ref, 4)

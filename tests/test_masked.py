@@ -35,8 +35,9 @@ def test_loss_only_on_masked_unpadded_steps_matches_reference():
     pad = torch.arange(L)[None] < torch.tensor([50, 40, 30, 20])[:, None]
     raw = raw * pad[:, None]
     x = (raw - 20) / 10
-    (xm,), (tgt,) = task.make_batch(x, pad, raw, torch.Generator().manual_seed(1))
+    (xm, mask), (tgt,) = task.make_batch(x, pad, raw, torch.Generator().manual_seed(1))
     m = tgt[:, 0] != IGNORE
+    assert torch.equal(mask, m)  # the model's head gets the masked steps
     assert m.any() and not (m & ~pad).any()  # never on padding
     assert torch.equal(tgt[:, 0][m], raw[:, 0][m].long())  # exact raw integers, not normalised values
     assert (xm[:, 0][m] < x.min()).all() and torch.equal(xm[:, 0][~m], x[:, 0][~m])  # fill below the data only where masked
@@ -44,11 +45,26 @@ def test_loss_only_on_masked_unpadded_steps_matches_reference():
     assert task.loss(pred, tgt).item() == pytest.approx(_ref_masked_ce(pred, raw, m, 41), rel=1e-5)
 
 
+def test_head_runs_on_masked_steps_only():
+    from tsai_ssl.tasks.masked import MaskedStepsHead
+    torch.manual_seed(0)
+    head = MaskedStepsHead(8, 41).eval()  # eval: BatchNorm with running statistics, so both paths compare
+    h = torch.randn(3, 8, 20, requires_grad=True)
+    mask = torch.rand(3, 20) < 0.3
+    full = head(h)
+    out = head(h, mask)
+    assert out.shape == full.shape
+    assert torch.allclose(out.permute(0, 2, 1)[mask], full.permute(0, 2, 1)[mask], atol=1e-6)
+    assert (out.permute(0, 2, 1)[~mask] == 0).all()
+    out.sum().backward()
+    assert (h.grad.permute(0, 2, 1)[~mask] == 0).all() and h.grad.abs().sum() > 0  # no gradient from unmasked steps
+
+
 def test_continuous_loss_reference():
     task = MaskedValuePretrain(vocab=None, loss='mse')
     x = torch.randn(3, 2, 30)
     pad = torch.ones(3, 30, dtype=torch.bool); pad[2, 20:] = False
-    (xm,), (target, m) = task.make_batch(x, pad, x, torch.Generator().manual_seed(0))
+    (xm, _), (target, m) = task.make_batch(x, pad, x, torch.Generator().manual_seed(0))
     pred = torch.randn(3, 2, 30)
     ref = ((pred - x) ** 2).permute(0, 2, 1)[m].mean()
     assert task.loss(pred, target, m).item() == pytest.approx(ref.item(), rel=1e-5)
@@ -100,7 +116,7 @@ def test_targets_exact_with_tsai_get_ts_dls_and_plain_resnet():
     spy = Spy()
     learn = ts_learner(dls, ResNet, cbs=[MaskedValuePretrain(), spy])  # tsai's MVP refuses plain ResNet
     fit_quiet(learn, 1)
-    (xb,), (tgt,) = spy.valid[0][0]
+    (xb, _), (tgt,) = spy.valid[0][0]
     keep = tgt != IGNORE
     assert torch.equal(tgt[keep].float(), torch.from_numpy(X[30:40])[keep.cpu()])
 

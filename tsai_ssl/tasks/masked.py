@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from ..masking import span_mask
 from .base import CountMetric, PretextTask
 
-__all__ = ['MaskedValuePretrain', 'pointwise_head', 'check_vocab', 'auto_fill']
+__all__ = ['MaskedValuePretrain', 'MaskedStepsHead', 'pointwise_head', 'check_vocab', 'auto_fill']
 
 IGNORE = -100  # F.cross_entropy's default ignore_index
 
@@ -38,6 +38,26 @@ IGNORE = -100  # F.cross_entropy's default ignore_index
 def pointwise_head(nf: int, n_out: int) -> nn.Module:
     "A small per-timestep MLP (1x1 convolutions): the pretext head, thrown away after pretraining."
     return nn.Sequential(nn.Conv1d(nf, nf, 1), nn.BatchNorm1d(nf), nn.ReLU(), nn.Conv1d(nf, n_out, 1))
+
+
+class MaskedStepsHead(nn.Module):
+    """`pointwise_head` run only at the masked steps, the only ones the loss reads (zeros at the other steps).
+
+    ``forward(h (bs, nf, L), mask (bs, L) | None) -> (bs, n_out, L)``; ``mask=None``: every step. Why: the head's
+    hidden layer over every step of a long batch cost about as much as one more backbone layer; at 15% masked
+    steps it now costs a sixth of that. Its BatchNorm sees the masked steps only (the steps it is trained on)."""
+
+    def __init__(self, nf: int, n_out: int):
+        super().__init__()
+        self.mlp = pointwise_head(nf, n_out)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None: return self.mlp(h)
+        b, t = mask.nonzero(as_tuple=True)
+        y = self.mlp(h[b, :, t].T[None])[0]  # the masked steps as one sequence: (n_out, n)
+        out = y.new_zeros(h.shape[0], y.shape[0], h.shape[-1])
+        out[b, :, t] = y.T
+        return out
 
 
 def check_vocab(raw: torch.Tensor, valid: torch.Tensor | None, vocab: int) -> torch.Tensor:
@@ -97,7 +117,7 @@ class MaskedValuePretrain(PretextTask):
 
     def make_head(self, nf, c_in):
         self.c_in = c_in
-        return pointwise_head(nf, c_in * (self.vocab or 1))
+        return MaskedStepsHead(nf, c_in * (self.vocab or 1))
 
     def _fill_for(self, x, raw, pad_mask):
         if self.fill_value is None: self.fill_value = auto_fill(x, raw, pad_mask, categorical=self.vocab is not None)
@@ -107,9 +127,9 @@ class MaskedValuePretrain(PretextTask):
         bs, C, L = x.shape
         m = span_mask(bs, L, self.ratio, self.mean_span, pad_mask=pad_mask, generator=generator, device=x.device)
         xm = torch.where(m[:, None], self._fill_for(x, raw, pad_mask), x)
-        if self.vocab is None: return (xm,), (x, m)
+        if self.vocab is None: return (xm, m), (x, m)  # the model gets the mask too: its head runs on masked steps
         tgt = check_vocab(raw, pad_mask, self.vocab).masked_fill(~m[:, None], IGNORE)
-        return (xm,), (tgt,)
+        return (xm, m), (tgt,)
 
     # pred: (bs, C*V, L) categorical or (bs, C, L) continuous
     def loss(self, pred, *yb):

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
+from fastai.torch_core import rank_distrib
 
 from .transfer import atomic_save, weights_path
 
@@ -143,6 +144,7 @@ class Checkpoint(Callback):
     # -- saving ------------------------------------------------------------------------------------------
     def after_epoch(self):
         if self.epoch < self.start_epoch or getattr(self.learn, 'lr_finder', None) is not None: return
+        if rank_distrib(): return  # under DDP only the first process writes (fastai's save does the same)
         if (self.epoch + 1) % self.every and self.epoch != self.n_epoch - 1: return
         learn, rec = self.learn, getattr(self.learn, 'recorder', None)
         task = self._task()

@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.learner import Metric
+from fastai.torch_core import rank_distrib
 
 from ..backbone import Backbone, _eval_mode, infer_c_in, split_backbone
 from ..data import batch_pad_mask, batch_raw_input
@@ -225,6 +226,7 @@ class PretextTask(Callback):
         return float(vals[names.index('valid_loss')])
 
     def _save(self, name, meta):
+        if rank_distrib(): return  # under DDP only the first process writes (fastai's save does the same)
         path = weights_path(self.learn, name)
         save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)

@@ -58,6 +58,11 @@ def test_head_runs_on_masked_steps_only():
     assert (out.permute(0, 2, 1)[~mask] == 0).all()
     out.sum().backward()
     assert (h.grad.permute(0, 2, 1)[~mask] == 0).all() and h.grad.abs().sum() > 0  # no gradient from unmasked steps
+    head.train()
+    for n in (0, 1):  # too few masked steps for training-mode BatchNorm: still works, zeros elsewhere
+        few = torch.zeros(3, 20, dtype=torch.bool); few[0, :n] = True
+        out = head(h, few)
+        assert torch.isfinite(out).all() and (out.permute(0, 2, 1)[~few] == 0).all()
 
 
 def test_continuous_loss_reference():

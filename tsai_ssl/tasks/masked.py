@@ -54,6 +54,8 @@ class MaskedStepsHead(nn.Module):
     def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is None: return self.mlp(h)
         b, t = mask.nonzero(as_tuple=True)
+        if len(b) < 2 and self.training:  # BatchNorm needs 2+ values in training: run on every step instead
+            return self.mlp(h).masked_fill(~mask[:, None], 0.)
         y = self.mlp(h[b, :, t].T[None])[0]  # the masked steps as one sequence: (n_out, n)
         out = y.new_zeros(h.shape[0], y.shape[0], h.shape[-1])
         out[b, :, t] = y.T

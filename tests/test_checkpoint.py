@@ -89,3 +89,17 @@ def test_checkpoint_file_survives_a_crash_during_the_next_epoch():
     assert ck['epoch'] == 0 and any(k.startswith('ssl_head.') for k in ck['model'])
     import os
     assert not [f for f in os.listdir('models') if f.endswith('.tmp')]
+
+
+def test_every_and_bad_arguments():
+    import os
+    learn = _learner(MaskedValuePretrain, [Checkpoint('sparse', every=2), RaiseAtEpoch(1)])
+    with pytest.raises(KeyboardInterrupt): fit_quiet(learn, 3)
+    assert not os.path.exists('models/sparse.pth')  # epoch 0 is not a multiple of 2: nothing written yet
+    learn = _learner(MaskedValuePretrain, [Checkpoint('sparse', every=2), RaiseAtEpoch(2)])
+    with pytest.raises(KeyboardInterrupt): fit_quiet(learn, 4)
+    assert torch.load('models/sparse.pth', weights_only=True)['epoch'] == 1
+    fit_quiet(_learner(MaskedValuePretrain, [Checkpoint('sparse', every=2)]), 3)
+    assert torch.load('models/sparse.pth', weights_only=True)['epoch'] == 2  # the last epoch is always written
+    with pytest.raises(ValueError, match='resume'): Checkpoint(resume='yes')
+    with pytest.raises(ValueError, match='every'): Checkpoint(every=0)

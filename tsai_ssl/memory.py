@@ -34,6 +34,7 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def _n_params(m: nn.Module) -> int: return sum(p.numel() for p in m.parameters())
+def _is_leaf(m: nn.Module) -> bool: return next(m.children(), None) is None
 
 
 def find_blocks(module: nn.Module, min_blocks: int = 3) -> list[str]:
@@ -47,15 +48,14 @@ def find_blocks(module: nn.Module, min_blocks: int = 3) -> list[str]:
     def children(prefix, m):
         return [(f'{prefix}.{n}' if prefix else n, c) for n, c in m.named_children()]
 
-    def is_leaf(m): return not any(True for _ in m.children())
     def opens(m):  # plain containers are opened, except an nn.Sequential of single layers (a conv block)
-        return type(m) in (nn.ModuleList, nn.ModuleDict) or (type(m) is nn.Sequential and not all(map(is_leaf, m.children())))
+        return type(m) in (nn.ModuleList, nn.ModuleDict) or (type(m) is nn.Sequential and not all(map(_is_leaf, m.children())))
 
     frontier = children('', module)
     while True:
         while any(opens(m) for _, m in frontier):
             frontier = [x for n, m in frontier for x in (children(n, m) if opens(m) else [(n, m)])]
-        blocks = [(n, m) for n, m in frontier if _n_params(m) and not is_leaf(m) and type(m) not in _CONTAINERS[1:]]
+        blocks = [(n, m) for n, m in frontier if _n_params(m) and not _is_leaf(m) and type(m) not in _CONTAINERS[1:]]
         if len(blocks) >= min_blocks or not blocks: return [n for n, _ in blocks]
         name, big = max(blocks, key=lambda b: _n_params(b[1]))
         i = next(i for i, (n, _) in enumerate(frontier) if n == name)
@@ -92,12 +92,12 @@ def _checkpointed_forward(block: nn.Module):
 
 def sub_blocks(block: nn.Module, prefix: str = '') -> list[str]:
     """The composite children of `block` with two or more layers (a conv-BN-ReLU ``ConvBlock``, not a lone conv)."""
-    def n_layers(m): return sum(1 for c in m.modules() if not any(True for _ in c.children()))
+    def n_layers(m): return sum(map(_is_leaf, m.modules()))
     out = []
     for n, c in block.named_children():
         name = f'{prefix}.{n}' if prefix else n
         if type(c) in (nn.ModuleList, nn.ModuleDict): out += sub_blocks(c, name)
-        elif _n_params(c) and n_layers(c) >= 2 and any(True for _ in c.children()): out.append(name)
+        elif _n_params(c) and n_layers(c) >= 2 and not _is_leaf(c): out.append(name)
     return out
 
 

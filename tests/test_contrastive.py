@@ -68,6 +68,21 @@ def test_make_batch_two_views_one_forward():
     assert not torch.isnan(xb2).any() and torch.equal(mb2, mb)
 
 
+def test_default_views_are_halves():
+    "Two random halves of each series: the stacked views of an unpadded batch cost one batch, and carry no padding."
+    x = torch.from_numpy(np.stack(poisson_series(4, 40, 41))).float()
+    task = ContrastivePretrain()
+    (xb, mb), _ = task.make_batch(x, None, x, torch.Generator().manual_seed(0))
+    assert xb.shape == (8, 1, 20) and mb.all()
+    assert not torch.equal(xb[0], xb[4])  # the two views of a series differ
+    # with padding, each view is half of its own series
+    X = _series(6)
+    xp, mask = _padded(X)
+    (_, mb2), _ = ContrastivePretrain().make_batch(xp, mask, xp, torch.Generator().manual_seed(0))
+    half = torch.maximum(torch.round(mask.sum(1) * 0.5), mask.sum(1).clamp(max=8)).long()
+    assert torch.equal(mb2.sum(1), torch.cat([half, half]))
+
+
 @pytest.mark.parametrize('loss', ['ntxent', 'ts2vec'])
 def test_max_len_cuts_long_series(loss):
     X = _series(6, lo=10, hi=60)

@@ -79,3 +79,21 @@ def test_masked_batch_norm_under_autocast():
     assert torch.isfinite(x.grad).all() and torch.isfinite(bn.running_var).all()
     real = y.detach()[:, :, :2500]
     assert abs(float(real.mean())) < 0.05
+
+
+def test_mask_without_padding_runs_the_plain_layers():
+    "A mask with no padded step is stored as None: the native layers run, with the same result as the masked ones."
+    from tsai_ssl.padding import padding_aware
+    torch.manual_seed(0)
+    full = torch.ones(4, 64, dtype=torch.bool)
+    with padding_aware(ResNetPlus(1, 2)) as pa:
+        pa.mask = full
+        assert pa.mask is None
+        pa.mask = full.clone().index_fill_(1, torch.tensor([63]), False)
+        assert pa.mask is not None  # real padding is kept
+    # the masked path with an all-real mask (forced) equals the plain forward
+    from tsai_ssl.padding import _masked_batch_norm
+    bn1, bn2 = torch.nn.BatchNorm1d(3).train(), torch.nn.BatchNorm1d(3).train()
+    h = torch.randn(4, 3, 64)
+    assert torch.allclose(_masked_batch_norm(bn1, h, full), bn2(h), atol=1e-5)
+    assert torch.allclose(bn1.running_var, bn2.running_var, atol=1e-6)

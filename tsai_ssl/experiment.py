@@ -648,8 +648,9 @@ def pretrain(X, task: str = 'masked', arch='ResNetPlus', epochs: int = 10, lr: f
 
 
 def _task_cost(task: str) -> float:
-    "Relative cost of one pretraining epoch per step of data (contrastive runs two views)."
-    return 2. if task == 'contrastive' else 1.
+    """Relative cost of one pretraining epoch per step of data: TS2Vec's two overlapping crops are padded to the
+    longest crop of the batch (about the series' length); the contrastive task's two views are halves."""
+    return 2. if task == 'ts2vec' else 1.
 
 
 def finetune(X_train, y_train, X_test, y_test, arch='ResNetPlus', weights: str | os.PathLike | None = None,

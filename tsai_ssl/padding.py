@@ -51,8 +51,19 @@ class PaddingAware:
 
     def __init__(self, module: nn.Module, batchnorm: bool = True):
         self.module, self.batchnorm = module, batchnorm
-        self.mask: torch.Tensor | None = None
+        self._mask: torch.Tensor | None = None
         self._handles, self._patched = [], []
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        "The padding mask of the next forwards (bool ``(bs, L)``, True = real step), None if there is no padding."
+        return self._mask
+
+    @mask.setter
+    def mask(self, mask: torch.Tensor | None):
+        # a mask without padded steps is stored as None: every layer then runs its plain (native) path, which gives
+        # the same result faster (the contrastive task's equal-length crops, unpadded batches)
+        self._mask = None if mask is None or bool(mask.all()) else mask
 
     # -- install / remove ----------------------------------------------------------------------------
     def __enter__(self) -> 'PaddingAware':

@@ -24,7 +24,9 @@ representation alone as padded in a batch (exactly in eval mode), which is also 
 features afterwards.
 
 Default augmentations (``augs=None``), chosen for integer count series as well as real-valued ones:
-``RandomCrop(0.5, 1.0)`` (the strongest, value-preserving view: a sub-window of 50-100 % of the series),
+``RandomCrop(0.5, 0.5)`` (the strongest, value-preserving view: a random half of each series; two halves cost
+the backbone what one full series costs, so a contrastive step costs about a supervised step, where two full-length
+views cost two; see the README for the transfer it gives against 50-100 % crops),
 ``TimeMask(0.1, 5)`` (drops ~10 % of the steps in short spans; integer fill), ``Scaling(0.1)`` (a per-series rate
 change: multiplicative, so zero counts stay zero, unlike an additive shift) and ``Jitter(0.03)`` (small noise in
 model-input units, so the two views never match value for value). Not by default: time warping / resizing
@@ -57,7 +59,7 @@ __all__ = ['ContrastivePretrain', 'TS2VecPretrain', 'ProjectionHead', 'TimestepP
 def default_augs(loss: str = 'ntxent') -> list:
     "The default augmentation pipeline of each loss (see the module docstring for why)."
     if loss == 'ts2vec': return [Scaling(0.1), Jitter(0.03)]
-    return [RandomCrop(0.5, 1.0, min_len=8), TimeMask(0.1, 5.), Scaling(0.1), Jitter(0.03)]
+    return [RandomCrop(0.5, 0.5, min_len=8), TimeMask(0.1, 5.), Scaling(0.1), Jitter(0.03)]
 
 
 class ProjectionHead(nn.Module):

@@ -97,3 +97,15 @@ def test_mask_without_padding_runs_the_plain_layers():
     h = torch.randn(4, 3, 64)
     assert torch.allclose(_masked_batch_norm(bn1, h, full), bn2(h), atol=1e-5)
     assert torch.allclose(bn1.running_var, bn2.running_var, atol=1e-6)
+
+
+def test_sync_batchnorm_is_reported_not_silently_unmasked():
+    "distrib_ctx(sync_bn=True) turns BatchNorm into SyncBatchNorm, which PaddingAware cannot mask: it says so."
+    from tsai_ssl.padding import padding_aware
+    model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(ResNetPlus(1, 2))
+    with pytest.warns(UserWarning, match='sync_bn=False'):
+        with padding_aware(model): pass
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        with padding_aware(ResNetPlus(1, 2)): pass  # plain BatchNorm: no warning

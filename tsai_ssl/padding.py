@@ -19,6 +19,7 @@ makes its global average/max pooling use real steps only.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import torch
@@ -67,6 +68,7 @@ class PaddingAware:
 
     # -- install / remove ----------------------------------------------------------------------------
     def __enter__(self) -> 'PaddingAware':
+        if self.batchnorm: warn_sync_batchnorm(self.module)
         try:
             for m in self.module.modules():
                 fill = _fill_value(m)
@@ -127,6 +129,16 @@ class PaddingAware:
             if m is None: return orig(x)
             return _masked_batch_norm(bn, x, m)
         return forward
+
+
+def warn_sync_batchnorm(module: nn.Module) -> bool:
+    """Warn (and return True) if `module` holds ``nn.SyncBatchNorm`` layers, which `PaddingAware` cannot make
+    padding-aware: ``learn.distrib_ctx()`` converts BatchNorm to them by default (``sync_bn=True``)."""
+    if not any(isinstance(m, nn.SyncBatchNorm) for m in module.modules()): return False
+    warnings.warn('nn.SyncBatchNorm layers (learn.distrib_ctx(sync_bn=True)) are not padding-aware: their batch '
+                  'statistics include padded steps. Use learn.distrib_ctx(sync_bn=False) for padding-aware '
+                  'statistics per process, or keep padding small (bucketed batches).', stacklevel=3)
+    return True
 
 
 def padding_aware(module: nn.Module, batchnorm: bool = True) -> PaddingAware:

@@ -30,9 +30,10 @@ from fastai.torch_core import rank_distrib
 
 from ..backbone import Backbone, _eval_mode, infer_c_in, split_backbone
 from ..data import batch_pad_mask, batch_raw_input
+from ..losses import _dist_world_size as _world_size
 from ..transfer import save_backbone, weights_path
 
-__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks']
+__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes']
 
 
 class PretextModel(nn.Module):
@@ -52,6 +53,15 @@ class PretextModel(nn.Module):
         return self.ssl_head(self.backbone(x), *args)
 
 
+def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
+    """`t` summed over the processes of a distributed run (`t` itself otherwise). For metrics: under DDP each process
+    sees its own shard of every batch, and fastai's loss is averaged over them, so counts must be added up too."""
+    if _world_size() > 1:
+        t = t.clone()
+        torch.distributed.all_reduce(t)
+    return t
+
+
 class CountMetric(Metric):
     """A metric that sums a numerator and a denominator over the epoch (e.g. correct / masked positions), so
     batches with more target positions weigh more, unlike fastai's per-batch `AvgMetric`."""
@@ -63,7 +73,9 @@ class CountMetric(Metric):
 
     def accumulate(self, learn):
         num, den = self.func(learn.pred, *learn.yb)
-        self.num += float(num); self.den += float(den)
+        num, den = sum_over_processes(torch.tensor([float(num), float(den)], dtype=torch.float64,
+                                                   device=learn.pred.device)).tolist()
+        self.num += num; self.den += den
 
     @property
     def value(self): return self.num / self.den if self.den else None
@@ -110,6 +122,7 @@ class PretextTask(Callback):
     def before_fit(self):
         learn = self.learn
         if self.attached: self._restore()  # left over from an interrupted fit outside an epoch
+        _check_distributed(learn)
         clf = learn.model
         self.pretext_backbone = split_backbone(clf)
         p = next(clf.parameters())
@@ -230,6 +243,16 @@ class PretextTask(Callback):
         path = weights_path(self.learn, name)
         save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)
+
+
+def _check_distributed(learn) -> None:
+    """Fail before the swap on what fastai's `DistributedTrainer` would fail on right after it (fastai then runs no
+    ``after_fit``, so the Learner would keep the pretext model): SyncBatchNorm needs GPUs."""
+    dt = next((cb for cb in learn.cbs if type(cb).__name__ == 'DistributedTrainer'), None)
+    p = next(learn.model.parameters(), None)
+    if dt is not None and getattr(dt, 'sync_bn', False) and p is not None and p.device.type == 'cpu':
+        raise ValueError('learn.distrib_ctx() converts BatchNorm to nn.SyncBatchNorm, which needs GPUs. On CPU '
+                         'processes use learn.distrib_ctx(sync_bn=False, cpu=True).')
 
 
 def restore_tasks(learn) -> None:

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from ..augment import Compose, Jitter, RandomCrop, Scaling, TimeMask, gather_segments, overlapping_crops
 from ..backbone import masked_mean
 from ..embed import clean_input
-from ..padding import padding_aware
+from ..padding import padding_aware, warn_sync_batchnorm
 from ..losses import hierarchical_contrastive_loss, nt_xent
 from .base import CountMetric, PretextTask
 
@@ -161,7 +161,7 @@ class ContrastivePretrain(PretextTask):
         self.loss_kind, self.temperature, self.proj_dim, self.hidden = loss, temperature, proj_dim, hidden
         self.alpha, self.temporal_unit, self.min_overlap, self.pad_aware = alpha, temporal_unit, min_overlap, pad_aware
         self.max_len = max_len
-        self._pa, self._hooks, self._warned_single = None, [], False
+        self._pa, self._hooks, self._warned_single, self._sync_checked = None, [], False, True
 
     # -- head and backbone -----------------------------------------------------------------------------
     def make_head(self, nf, c_in):
@@ -182,12 +182,16 @@ class ContrastivePretrain(PretextTask):
         if self.attached and self._pa is not None:
             # the pretext model's forward(x, mask): hand the mask to the padding-aware layers for that forward only
             # (cleared after it, also when it raises, so a stale mask never reaches another caller of the backbone)
-            model = self.learn.model
+            model, self._sync_checked = self.learn.model, False
             self._hooks = [model.register_forward_pre_hook(self._set_mask),
                            model.register_forward_hook(self._clear_mask, always_call=True)]
 
     def _set_mask(self, module, args):
-        if self._pa is not None: self._pa.mask = args[1] if len(args) > 1 else None
+        if self._pa is None: return
+        if not self._sync_checked:  # distrib_ctx converts BatchNorm after this task's before_fit
+            self._sync_checked = True
+            warn_sync_batchnorm(self._pa.module)
+        self._pa.mask = args[1] if len(args) > 1 else None
 
     def _clear_mask(self, module, args, out):
         if self._pa is not None: self._pa.mask = None

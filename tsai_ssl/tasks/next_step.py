@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..backbone import causal, check_causal
-from .base import CountMetric, PretextTask
+from .base import CountMetric, PretextTask, sum_over_processes
 from .masked import IGNORE, check_vocab, pointwise_head
 
 __all__ = ['NextStepPretrain']
@@ -36,7 +36,7 @@ class _ModeMetric(CountMetric):
 
     def accumulate(self, learn):
         tgt = learn.yb[0][:, 0]
-        self.hist += torch.bincount(tgt[tgt != IGNORE].flatten().cpu(), minlength=self.vocab)
+        self.hist += sum_over_processes(torch.bincount(tgt[tgt != IGNORE].flatten(), minlength=self.vocab)).cpu()
 
     @property
     def value(self): return (self.hist.max() / self.hist.sum()).item() if self.hist.sum() else None

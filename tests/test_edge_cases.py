@@ -27,11 +27,18 @@ def test_single_series_contrastive_warns_and_leaves_learner_usable():
     assert learn.model is clf
 
 
+def test_next_step_series_shorter_than_the_lookahead_warns():
+    "causal='shift' predicts from the output R steps back: 16-step series under ResNetPlus (R=18) give no targets."
+    X = [np.random.default_rng(i).integers(0, 41, (1, 16)).astype(np.uint8) for i in range(8)]
+    learn = ts_learner(get_ssl_dls(X, bs=4), ResNetPlus, cbs=NextStepPretrain())
+    with pytest.warns(UserWarning, match="causal='pad'"): fit_quiet(learn, 1)
+
+
 @pytest.mark.parametrize('vocab', [41, None])
 def test_next_step_horizon_longer_than_series(vocab):
     "Horizon 20 on 16-step series: targets 16+ steps ahead do not exist and are not scored; the nearer ones train."
     X = [np.random.default_rng(i).integers(0, 41, (1, 16)).astype(np.uint8) for i in range(8)]
-    task = NextStepPretrain(horizon=20, vocab=vocab)
+    task = NextStepPretrain(horizon=20, vocab=vocab, causal='pad')  # 'shift' has no prediction before step 18
     learn = ts_learner(get_ssl_dls(X, bs=4), ResNetPlus, cbs=task)
     fit_quiet(learn, 1)
     assert np.isfinite(learn.recorder.values[-1][0]) and learn.recorder.values[-1][0] > 0

@@ -38,8 +38,9 @@ def test_loss_matches_reference():
     assert task.loss(pred, tgt, cur).item() == pytest.approx(ref / n, rel=1e-5)
 
 
-def test_fit_is_causal_restores_and_reports_baselines():
-    cb = NextStepPretrain()
+@pytest.mark.parametrize('causal', ['shift', 'pad'])
+def test_fit_is_causal_restores_and_reports_baselines(causal):
+    cb = NextStepPretrain(causal=causal)
     learn = ts_learner(unlabeled_dls(), ResNetPlus, cbs=cb)
     learn.create_opt()
     state = learner_state(learn)
@@ -57,8 +58,9 @@ def test_fit_is_causal_restores_and_reports_baselines():
     cb.plot_next(steps=50)
 
 
-def test_interrupted_fit_restores_causal_patches():
-    learn = ts_learner(unlabeled_dls(), UserNet(c_out=2), cbs=NextStepPretrain())
+@pytest.mark.parametrize('causal', ['shift', 'pad'])
+def test_interrupted_fit_restores_causal_patches(causal):
+    learn = ts_learner(unlabeled_dls(), UserNet(c_out=2), cbs=NextStepPretrain(causal=causal))
     learn.create_opt()
     state = learner_state(learn)
     with pytest.raises(KeyboardInterrupt):
@@ -67,13 +69,42 @@ def test_interrupted_fit_restores_causal_patches():
     assert not any('forward' in m.__dict__ for m in learn.model.modules())  # no causal patch left behind
 
 
-def test_backbone_that_cannot_be_causal_is_refused_and_restored():
+@pytest.mark.parametrize('causal', ['shift', 'pad'])
+def test_backbone_that_cannot_be_causal_is_refused_and_restored(causal):
     model = build_ts_model(ResNetPlus, c_in=1, c_out=2, seq_len=64, device='cpu', se=4)
-    learn = ts_learner(unlabeled_dls(), model, cbs=NextStepPretrain())
+    learn = ts_learner(unlabeled_dls(), model, cbs=NextStepPretrain(causal=causal))
     learn.create_opt(); state = learner_state(learn)
     with pytest.raises(NotImplementedError, match='mixes information across all time steps'):
         fit_quiet(learn, 1)
     assert_restored(learn, state)
+
+
+@pytest.mark.parametrize('arch', [ResNetPlus, UserNet])
+def test_shift_prediction_never_sees_the_future(arch):
+    "causal='shift': the prediction at step t comes from the unmodified backbone R steps back, blind to x[t+1:]."
+    from tsai_ssl import split_backbone
+    from tsai_ssl.backbone import lookahead
+    from tsai_ssl.tasks.base import PretextModel
+    cb = NextStepPretrain()
+    learn = ts_learner(unlabeled_dls(), arch if arch is ResNetPlus else arch(c_out=2), cbs=cb)
+    fit_quiet(learn, 1)
+    bb = split_backbone(learn.model)
+    assert cb.pretext_head.shift == lookahead(bb, 1) == (18 if arch is ResNetPlus else 10)  # sum of right paddings: 3 blocks x (3+2+1), 2 x (3+2)
+    model = PretextModel(bb, cb.pretext_head).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1, 80, generator=g)
+    with torch.no_grad():
+        y = model(x)
+        assert (y[..., :cb.pretext_head.shift] == 0).all()  # no prediction before step R
+        for t in (20, 45, 78):
+            x2 = x.clone(); x2[..., t + 1:] += 3 * torch.randn(x2[..., t + 1:].shape, generator=g)
+            y2 = model(x2)
+            assert torch.allclose(y2[..., :t + 1], y[..., :t + 1], atol=1e-6)
+            if t < 60: assert not torch.allclose(y2[..., t + 1:], y[..., t + 1:], atol=1e-3)  # later steps do see it
+    # the targets before step R are not scored
+    raw = torch.randint(0, 41, (2, 1, 40)).float()
+    _, (tgt, _) = cb.make_batch(raw, None, raw, None)
+    assert (tgt[..., :cb.pretext_head.shift] == IGNORE).all() and (tgt[..., cb.pretext_head.shift:39] != IGNORE).all()
 
 
 def test_continuous_mode():
@@ -94,4 +125,5 @@ def test_tsai_get_ts_dls_targets_are_raw_integers():
     fit_quiet(learn, 1)
     (xb,), (tgt, cur) = spy.valid[0][0]
     assert torch.equal(cur.float(), torch.from_numpy(X[20:30]))
-    assert torch.equal(tgt[:, 0, :, :-1].float(), torch.from_numpy(X[20:30, :, 1:]))
+    R = learn.cbs.filter(lambda c: isinstance(c, NextStepPretrain))[0].pretext_head.shift  # steps < R: no prediction
+    assert torch.equal(tgt[:, 0, :, R:-1].float(), torch.from_numpy(X[20:30, :, R + 1:]))

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['Backbone', 'split_backbone', 'masked_mean', 'masked_max', 'causal', 'check_causal', 'infer_c_in']
+__all__ = ['Backbone', 'split_backbone', 'masked_mean', 'masked_max', 'causal', 'check_causal', 'lookahead', 'infer_c_in']
 
 # tsai classifiers whose forward is "these children in order, then pooling and a linear layer"
 _SEQUENTIAL_PARTS = {
@@ -243,6 +243,37 @@ def _in_chomped_block(backbone: nn.Module, conv_name: str) -> bool:
     "tsai's TCN pads both sides and chomps the right: already causal, leave it alone."
     parent = backbone.get_submodule(conv_name.rsplit('.', 1)[0]) if '.' in conv_name else backbone
     return any(type(c).__name__ == 'Chomp1d' for c in parent.modules())
+
+
+def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_len: int = 4096, seed: int = 0) -> int:
+    """How far ahead the backbone sees: the largest ``j`` such that its output at step ``s`` depends on ``x[..., s+j]``
+    (eval mode), measured with gradients of one output step on random inputs.
+
+    For a stack of 'same'-padded convolutions this is the sum of the right paddings along the longest path (18 for
+    ResNetPlus). The output at ``s`` is then a function of ``x[..., :s+j+1]`` only, which is what next-step
+    prediction with ``causal='shift'`` uses. Raises `NotImplementedError` when the output does not keep the length or
+    depends on every step (global pooling, squeeze-excite or attention inside the backbone)."""
+    p = next(backbone.parameters())
+    g = torch.Generator().manual_seed(seed)
+    L = seq_len
+    with _eval_mode(backbone), torch.enable_grad():
+        while True:
+            x = torch.randn(4, c_in, L, generator=g).to(p).requires_grad_()
+            y = backbone(x)
+            if y.ndim != 3 or y.shape[-1] != L:
+                raise NotImplementedError(f'The backbone returns shape {tuple(y.shape)} for input {tuple(x.shape)}: '
+                                          'next-step prediction needs one output per step.')
+            s = L // 2
+            w = torch.randn(y[..., s].shape, generator=g).to(y)  # random weights: no cancellation between channels
+            (grad,) = torch.autograd.grad((y[..., s] * w).sum(), x)
+            reach = int(grad.abs().sum((0, 1)).nonzero().max()) - s
+            if s + reach < L - 1: return max(reach, 0)
+            if L >= max_len:
+                raise NotImplementedError(f'The output at a step depends on steps up to the end of a {L}-step input: a '
+                                          'layer inside the backbone mixes information across all time steps (global '
+                                          'pooling, squeeze-excite, attention). Next-step prediction needs a backbone '
+                                          'that sees a bounded stretch ahead (e.g. build it with se=None, sa=False).')
+            L *= 4
 
 
 @torch.no_grad()

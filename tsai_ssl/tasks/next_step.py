@@ -1,9 +1,20 @@
 """Next-step prediction: predict x[t+1] (or x[t+1..t+k]) from x[..t], with the classifier's own backbone.
 
-tsai's CNNs pad symmetrically, so their output at step t has seen the future. During this task the backbone
-runs through `tsai_ssl.backbone.causal`: every convolution and pooling layer pads on the left only, with the
-*same* parameters, so the weights transfer into the ordinary (non-causal) classifier afterwards. At the start
-of every fit the callback verifies with `check_causal` that no output depends on later steps.
+tsai's CNNs pad symmetrically, so their output at step t has seen the future: up to ``R`` steps ahead, the
+backbone's look-ahead (18 for ResNetPlus). Two ways to make the prediction causal, with the *same* parameters, so
+the weights transfer into the ordinary (non-causal) classifier afterwards:
+
+* ``causal='shift'`` (default): run the backbone exactly as the classifier does and predict x[t+1] from its output
+  at step ``t - R``, which has seen x[..t] and nothing later. ``R`` is measured at the start of every fit
+  (`tsai_ssl.backbone.lookahead`). It costs nothing over a supervised step and works for any backbone whose
+  output keeps the length and sees a bounded stretch ahead; the first ``R`` steps of each series get no prediction.
+* ``causal='pad'``: run the backbone through `tsai_ssl.backbone.causal` (every convolution and pooling layer pads on
+  the left only), verified with `check_causal`. Every step gets a prediction, but each layer copies its padded
+  input: 1.1-1.5x a supervised step at long lengths.
+
+With 'shift' the features are exactly the ones the classifier computes later; with 'pad' the same weights compute
+a different function (in a residual block the shortcut sees step t while the convolutions see a window ending at t,
+not centred on the shortcut's step).
 
 The next value can be a classification over a vocabulary (default 41 values, 0..40: the targets are the exact
 raw integers even when the input is normalised) or a continuous regression (``vocab=None``, MSE/Huber).
@@ -13,16 +24,19 @@ Metrics print next to two trivial baselines on the same steps, so learning beyon
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ..backbone import causal, check_causal
+import torch.nn as nn
+
+from ..backbone import causal, check_causal, lookahead
 from .base import CountMetric, PretextTask, sum_over_processes
 from .masked import IGNORE, check_vocab, pointwise_head
 
-__all__ = ['NextStepPretrain']
+__all__ = ['NextStepPretrain', 'ShiftedHead']
 
 
 class _ModeMetric(CountMetric):
@@ -42,31 +56,56 @@ class _ModeMetric(CountMetric):
     def value(self): return (self.hist.max() / self.hist.sum()).item() if self.hist.sum() else None
 
 
+class ShiftedHead(nn.Module):
+    """The pretext head, its output moved ``shift`` steps later: the prediction at step t comes from the backbone's
+    output at ``t - shift`` (zeros for t < shift). ``shift`` is set by the task (0: unchanged)."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head, self.shift = head, 0
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        y = self.head(h)
+        if not self.shift: return y
+        L = y.shape[-1]
+        return F.pad(y[..., :max(L - self.shift, 0)], (min(self.shift, L), 0))
+
+
 class NextStepPretrain(PretextTask):
     """fastai callback: causal next-value prediction on any backbone `split_backbone` supports.
 
     Args:
         horizon: predict the next `horizon` values from each step (loss averaged over all of them).
+        causal: 'shift' (predict from the output ``R`` steps back) or 'pad' (left-padded layers); see the module
+            docstring.
         vocab: number of integer values (categorical over 0..vocab-1), or None for a continuous target.
         loss: continuous only: 'mse' or 'huber'.
-        check: verify causality (a perturbation test on a short random input) at the start of each fit.
+        check: ``causal='pad'``: verify causality (a perturbation test on a short random input) at the start of each
+            fit (with 'shift' the measurement of ``R`` is the check).
         save_as, save, seed: see `PretextTask`.
     """
 
-    def __init__(self, horizon: int = 1, vocab: int | None = 41, loss: str = 'mse', check: bool = True,
-                 save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+    def __init__(self, horizon: int = 1, vocab: int | None = 41, loss: str = 'mse', causal: str = 'shift',
+                 check: bool = True, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
         super().__init__(save_as=save_as, save=save, seed=seed)
         if horizon < 1: raise ValueError(f'horizon must be >= 1, got {horizon}')
+        if causal not in ('shift', 'pad'): raise ValueError(f"causal must be 'shift' or 'pad', got {causal!r}")
+        self.causal_mode, self._warned_short = causal, False
         if vocab is not None and vocab < 2: raise ValueError(f'vocab must be >= 2 or None, got {vocab}')
         if loss not in ('mse', 'huber'): raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
         self.horizon, self.vocab, self.loss_kind, self.check = horizon, vocab, loss, check
 
     def make_head(self, nf, c_in):
         self.c_in = c_in
-        return pointwise_head(nf, self.horizon * c_in * (self.vocab or 1))
+        return ShiftedHead(pointwise_head(nf, self.horizon * c_in * (self.vocab or 1)))
 
     @contextlib.contextmanager
     def wrap_backbone(self, backbone):
+        if self.causal_mode == 'shift':
+            self.pretext_head.shift = lookahead(backbone, self._c_in())
+            yield backbone
+            return
+        self.pretext_head.shift = 0
         with causal(backbone):
             if self.check: check_causal(backbone, self._c_in())
             yield backbone
@@ -75,17 +114,25 @@ class NextStepPretrain(PretextTask):
         bs, C, L = x.shape
         H = self.horizon
         valid = torch.ones(bs, L, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask
+        shift = self.pretext_head.shift if self.pretext_head is not None else 0  # steps < shift: no prediction
+        if shift and L <= shift + 1 and not self._warned_short:
+            self._warned_short = True
+            warnings.warn(f"Series of {L} steps or fewer have no next-step target with causal='shift': the backbone sees "
+                          f"{shift} steps ahead, so predictions start at step {shift}. Use causal='pad' for such short "
+                          "series (or crop less).", stacklevel=2)
         if self.vocab is not None:
             cur = check_vocab(raw, pad_mask, self.vocab)
             tgt = torch.full((bs, H, C, L), IGNORE, dtype=torch.long, device=x.device)
             for k in range(1, min(H, L - 1) + 1):  # over the horizon (small), not samples; none exists >= L ahead
                 tgt[:, k - 1, :, :L - k] = cur[..., k:].masked_fill(~valid[:, None, k:], IGNORE)
+            tgt[..., :shift] = IGNORE
             return (x,), (tgt, cur)
         tgt = torch.zeros(bs, H, C, L, device=x.device, dtype=x.dtype)
         w = torch.zeros(bs, H, 1, L, device=x.device, dtype=x.dtype)
         for k in range(1, min(H, L - 1) + 1):
             tgt[:, k - 1, :, :L - k] = x[..., k:]
             w[:, k - 1, 0, :L - k] = valid[:, k:].to(x.dtype)
+        w[..., :shift] = 0
         return (x,), (tgt, w, x)
 
     def _logits(self, pred):  # (bs, H*C*V, L) -> (bs, V, H, C, L)

@@ -11,7 +11,7 @@ from tsai_ssl.tasks.masked import IGNORE
 
 
 def test_targets_are_next_raw_integers_and_ignore_padding():
-    task = NextStepPretrain(horizon=2)
+    task = NextStepPretrain(horizon=2, steps=1.)
     task.make_head(8, 1)
     raw = torch.randint(0, 41, (3, 1, 20)).float()
     pad = torch.arange(20)[None] < torch.tensor([20, 15, 9])[:, None]
@@ -25,7 +25,7 @@ def test_targets_are_next_raw_integers_and_ignore_padding():
 
 
 def test_loss_matches_reference():
-    task = NextStepPretrain(horizon=1)
+    task = NextStepPretrain(horizon=1, steps=1.)
     task.make_head(8, 1)
     raw = torch.randint(0, 41, (2, 1, 12)).float()
     pad = torch.ones(2, 12, dtype=torch.bool); pad[1, 7:] = False
@@ -36,6 +36,25 @@ def test_loss_matches_reference():
         for t in range(L - 1):
             ref -= torch.log_softmax(pred[i, :, t], 0)[int(raw[i, 0, t + 1])].item(); n += 1
     assert task.loss(pred, tgt, cur).item() == pytest.approx(ref / n, rel=1e-5)
+
+
+def test_training_batches_score_a_random_share_of_steps():
+    "steps=0.25: the head runs on a random quarter of the steps in training, on every step in eval mode."
+    task = NextStepPretrain(steps=0.25)
+    head = task.make_head(8, 1)
+    head.shift = 3
+    task.pretext_head = head
+    raw = torch.randint(0, 41, (4, 1, 400)).float()
+    (x, sel), (tgt, _) = task.make_batch(raw, None, raw, torch.Generator().manual_seed(0))
+    assert 0.2 < sel.float().mean() < 0.3
+    scored = tgt[:, 0, 0] != IGNORE
+    assert torch.equal(scored[:, 3:399], sel[:, :396])  # the prediction at t comes from the output at t - 3
+    h = torch.randn(4, 8, 400)
+    out = head(h, sel)
+    assert (out[..., 3:][~sel[:, None, :397].expand(-1, 41, -1)] == 0).all()
+    head.eval()
+    (xe,), (tgt_e, _) = task.make_batch(raw, None, raw, None)
+    assert (tgt_e[:, 0, 0, 3:399] != IGNORE).all() and (tgt_e[:, 0, 0, :3] == IGNORE).all()
 
 
 @pytest.mark.parametrize('causal', ['shift', 'pad'])

@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.simplefilter('ignore', FutureWarning)
     from .data import RaggedStore, SSLDataLoaders, batch_pad_mask, get_ssl_dls, validate_series
 
-from .backbone import Backbone, causal, check_causal, masked_max, masked_mean, split_backbone
+from .backbone import Backbone, causal, check_causal, lookahead, masked_max, masked_mean, split_backbone
 from .masking import span_mask
 from .padding import IgnorePadding, PaddingAware, padding_aware
 from .checkpoint import Checkpoint

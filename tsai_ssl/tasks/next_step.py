@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from ..backbone import causal, check_causal, lookahead
 from .base import CountMetric, PretextTask, sum_over_processes
-from .masked import IGNORE, check_vocab, pointwise_head
+from .masked import IGNORE, MaskedStepsHead, check_vocab
 
 __all__ = ['NextStepPretrain', 'ShiftedHead']
 
@@ -64,8 +64,8 @@ class ShiftedHead(nn.Module):
         super().__init__()
         self.head, self.shift = head, 0
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        y = self.head(h)
+    def forward(self, h: torch.Tensor, *args) -> torch.Tensor:
+        y = self.head(h, *args)
         if not self.shift: return y
         L = y.shape[-1]
         return F.pad(y[..., :max(L - self.shift, 0)], (min(self.shift, L), 0))
@@ -76,6 +76,9 @@ class NextStepPretrain(PretextTask):
 
     Args:
         horizon: predict the next `horizon` values from each step (loss averaged over all of them).
+        steps: share of the steps scored in a training batch, drawn at random (validation scores every step). The
+            head runs on those steps only: over every step of a long batch it costs about as much as one more
+            backbone layer, and neighbouring steps' targets are largely redundant.
         causal: 'shift' (predict from the output ``R`` steps back) or 'pad' (left-padded layers); see the module
             docstring.
         vocab: number of integer values (categorical over 0..vocab-1), or None for a continuous target.
@@ -86,9 +89,12 @@ class NextStepPretrain(PretextTask):
     """
 
     def __init__(self, horizon: int = 1, vocab: int | None = 41, loss: str = 'mse', causal: str = 'shift',
-                 check: bool = True, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+                 steps: float = 0.25, check: bool = True, save_as: str | Path | None = None, save: str = 'best',
+                 seed: int = 0):
         super().__init__(save_as=save_as, save=save, seed=seed)
         if horizon < 1: raise ValueError(f'horizon must be >= 1, got {horizon}')
+        if not 0 < steps <= 1: raise ValueError(f'steps must be in (0, 1], got {steps}')
+        self.steps = steps
         if causal not in ('shift', 'pad'): raise ValueError(f"causal must be 'shift' or 'pad', got {causal!r}")
         self.causal_mode, self._warned_short = causal, False
         if vocab is not None and vocab < 2: raise ValueError(f'vocab must be >= 2 or None, got {vocab}')
@@ -97,7 +103,7 @@ class NextStepPretrain(PretextTask):
 
     def make_head(self, nf, c_in):
         self.c_in = c_in
-        return ShiftedHead(pointwise_head(nf, self.horizon * c_in * (self.vocab or 1)))
+        return ShiftedHead(MaskedStepsHead(nf, self.horizon * c_in * (self.vocab or 1)))
 
     @contextlib.contextmanager
     def wrap_backbone(self, backbone):
@@ -120,20 +126,28 @@ class NextStepPretrain(PretextTask):
             warnings.warn(f"Series of {L} steps or fewer have no next-step target with causal='shift': the backbone sees "
                           f"{shift} steps ahead, so predictions start at step {shift}. Use causal='pad' for such short "
                           "series (or crop less).", stacklevel=2)
+        # scored steps: all (validation) or a random share (training); `sel` in the backbone output's steps,
+        # `scored` in the prediction's (`shift` later); nothing before `shift`
+        sel = None
+        scored = torch.ones(bs, L, dtype=torch.bool, device=x.device)
+        if self.steps < 1 and self.pretext_head is not None and self.pretext_head.training:  # a training forward
+            dev = generator.device if generator is not None else x.device
+            sel = (torch.rand(bs, L, generator=generator, device=dev) < self.steps).to(x.device)
+            scored = F.pad(sel[:, :max(L - shift, 0)], (min(shift, L), 0), value=False)
+        else: scored[:, :shift] = False
+        xb = (x,) if sel is None else (x, sel)
         if self.vocab is not None:
             cur = check_vocab(raw, pad_mask, self.vocab)
             tgt = torch.full((bs, H, C, L), IGNORE, dtype=torch.long, device=x.device)
             for k in range(1, min(H, L - 1) + 1):  # over the horizon (small), not samples; none exists >= L ahead
                 tgt[:, k - 1, :, :L - k] = cur[..., k:].masked_fill(~valid[:, None, k:], IGNORE)
-            tgt[..., :shift] = IGNORE
-            return (x,), (tgt, cur)
+            return xb, (tgt.masked_fill(~scored[:, None, None], IGNORE), cur)
         tgt = torch.zeros(bs, H, C, L, device=x.device, dtype=x.dtype)
         w = torch.zeros(bs, H, 1, L, device=x.device, dtype=x.dtype)
         for k in range(1, min(H, L - 1) + 1):
             tgt[:, k - 1, :, :L - k] = x[..., k:]
             w[:, k - 1, 0, :L - k] = valid[:, k:].to(x.dtype)
-        w[..., :shift] = 0
-        return (x,), (tgt, w, x)
+        return xb, (tgt, w * scored[:, None, None], x)
 
     def _logits(self, pred):  # (bs, H*C*V, L) -> (bs, V, H, C, L)
         bs, _, L = pred.shape

@@ -16,6 +16,9 @@ With 'shift' the features are exactly the ones the classifier computes later; wi
 a different function (in a residual block the shortcut sees step t while the convolutions see a window ending at t,
 not centred on the shortcut's step).
 
+In training the head runs on a random share of the steps (``steps=0.25``) and only those are scored, as the
+masked-value head runs on the masked steps only; validation scores every step.
+
 The next value can be a classification over a vocabulary (default 41 values, 0..40: the targets are the exact
 raw integers even when the input is normalised) or a continuous regression (``vocab=None``, MSE/Huber).
 Metrics print next to two trivial baselines on the same steps, so learning beyond copying is visible:
@@ -93,13 +96,12 @@ class NextStepPretrain(PretextTask):
                  seed: int = 0):
         super().__init__(save_as=save_as, save=save, seed=seed)
         if horizon < 1: raise ValueError(f'horizon must be >= 1, got {horizon}')
-        if not 0 < steps <= 1: raise ValueError(f'steps must be in (0, 1], got {steps}')
-        self.steps = steps
-        if causal not in ('shift', 'pad'): raise ValueError(f"causal must be 'shift' or 'pad', got {causal!r}")
-        self.causal_mode, self._warned_short = causal, False
         if vocab is not None and vocab < 2: raise ValueError(f'vocab must be >= 2 or None, got {vocab}')
         if loss not in ('mse', 'huber'): raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
+        if causal not in ('shift', 'pad'): raise ValueError(f"causal must be 'shift' or 'pad', got {causal!r}")
+        if not 0 < steps <= 1: raise ValueError(f'steps must be in (0, 1], got {steps}')
         self.horizon, self.vocab, self.loss_kind, self.check = horizon, vocab, loss, check
+        self.causal_mode, self.steps, self._warned_short = causal, steps, False
 
     def make_head(self, nf, c_in):
         self.c_in = c_in

@@ -10,7 +10,9 @@ supervised step on the same backbone, batch and length. Ratios are what to read:
 on the same machine, alternating, median of `--reps` repetitions. A contrastive step runs two views of every
 series through the backbone; by default each view is a random half of the series, so the two cost about one batch
 ('supervised 2x', on request: a supervised step on twice the batch, what two full-length views would cost).
-'+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time.
+'+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time. 'ts2vec' (`TS2VecPretrain`) first cuts
+series longer than 3000 steps to a 3000-step window (its default ``max_len``), so at 30720 steps it does less work
+than the supervised step it is compared with.
 Part 'mvp': one masked-value pretraining epoch of tsai_ssl's MaskedValuePretrain vs tsai's MVP callback on the
 same fixed-length data, backbone and batch size (each with its own data pipeline: tsai's get_ts_dls for MVP).
 """
@@ -58,13 +60,14 @@ def bucketing(n: int, bs: int, seed: int = 0):
 
 
 def step_times(L: int, bs: int, reps: int, only=None):
-    from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, get_ssl_dls
+    from tsai_ssl import (ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, TS2VecPretrain,
+                          get_ssl_dls)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 41, (2 * bs, 1, L)).astype(np.uint8)
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next-step': NextStepPretrain,
-             'contrastive': ContrastivePretrain, 'supervised 2x': None, 'supervised+saver': None,
+             'contrastive': ContrastivePretrain, 'ts2vec': TS2VecPretrain, 'supervised 2x': None, 'supervised+saver': None,
              'supervised+flat saver': None, 'masked+saver': MaskedValuePretrain}
-    only = only or ['masked', 'next-step', 'contrastive']  # the 'supervised 2x' and '+saver' rows on request
+    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec']  # the 'supervised 2x' and '+saver' rows on request
     tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in only}
     learners = {}
     for name, task in tasks.items():
@@ -125,7 +128,7 @@ def mvp_epoch(n: int, L: int, bs: int, reps: int):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['bucketing', 'steps', 'mvp', 'all'], default='all')
-    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'contrastive', 'supervised 2x', 'supervised+saver',
+    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'contrastive', 'ts2vec', 'supervised 2x', 'supervised+saver',
                                                   'supervised+flat saver', 'masked+saver'],
                    help='steps: only these (with the supervised reference)')
     p.add_argument('--mvp-len', type=int, default=4096, help='mvp: series length')

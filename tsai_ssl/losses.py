@@ -205,12 +205,14 @@ def _masked_info_nce(sim: torch.Tensor, valid: torch.Tensor, half: int) -> tuple
     negative are counted.
     """
     neg = torch.finfo(sim.dtype).min  # finite: fully masked rows stay NaN-free, also in backward
-    n = 2 * half
+    G, n = sim.shape[0], 2 * half
     eye = torch.eye(n, dtype=torch.bool, device=sim.device)
-    logits = sim.masked_fill(eye | ~valid[:, None, :], neg)
-    logp = F.log_softmax(logits, dim=-1)
+    # In place and fused: ``sim`` is a fresh product whose backward does not need it, and cross_entropy does
+    # log-softmax and the pick of the positive in one pass. The temporal term's (B, 2T, 2T) tensors are the
+    # largest of a TS2Vec step, so every full-size temporary counts.
+    logits = sim.masked_fill_(eye | ~valid[:, None, :], neg)
     pos = (torch.arange(n, device=sim.device) + half) % n
-    lp_pos = logp.gather(-1, pos.view(1, n, 1).expand(logp.shape[0], n, 1)).squeeze(-1)  # (G, n)
+    lp_pos = -F.cross_entropy(logits.reshape(G * n, n), pos.repeat(G), reduction='none').view(G, n)
     # Valid candidates other than the anchor and its (valid) positive.
     n_neg = valid.sum(dim=-1, keepdim=True) - 2
     counted = valid & (n_neg > 0)

@@ -8,8 +8,9 @@ batched by length (tsai_ssl) vs padded to the longest series in the data (what a
 Part 'steps': time of one training step (forward, loss, backward, optimizer) of each SSL callback vs a plain
 supervised step on the same backbone, batch and length. Ratios are what to read: both sides run in one process
 on the same machine, alternating, median of `--reps` repetitions. A contrastive step runs two views of every
-series through the backbone; by default each view is a random half of the series, so the two cost about one batch
-('supervised 2x', on request: a supervised step on twice the batch, what two full-length views would cost).
+series through the backbone; by default each view is a random half of the series, so the two cost about one batch.
+On request: 'contrastive 50-100% crops' (the earlier default views), 'supervised 2x' (a supervised step on twice the
+batch, what two full-length views cost) and 'next-step pad' (`NextStepPretrain(causal='pad')`).
 '+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time. 'ts2vec' (`TS2VecPretrain`) first cuts
 series longer than 3000 steps to a 3000-step window (its default ``max_len``), so at 30720 steps it does less work
 than the supervised step it is compared with.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from functools import partial
 import time
 import warnings
 
@@ -64,10 +66,14 @@ def step_times(L: int, bs: int, reps: int, only=None):
                           get_ssl_dls)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 41, (2 * bs, 1, L)).astype(np.uint8)
+    from tsai_ssl.augment import Jitter, RandomCrop, Scaling, TimeMask
+    full_views = [RandomCrop(0.5, 1.0, min_len=8), TimeMask(0.1, 5.), Scaling(0.1), Jitter(0.03)]  # the old default
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next-step': NextStepPretrain,
-             'contrastive': ContrastivePretrain, 'ts2vec': TS2VecPretrain, 'supervised 2x': None, 'supervised+saver': None,
-             'supervised+flat saver': None, 'masked+saver': MaskedValuePretrain}
-    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec']  # the 'supervised 2x' and '+saver' rows on request
+             'next-step pad': partial(NextStepPretrain, causal='pad'), 'contrastive': ContrastivePretrain,
+             'contrastive 50-100% crops': partial(ContrastivePretrain, augs=full_views), 'ts2vec': TS2VecPretrain,
+             'supervised 2x': None, 'supervised+saver': None, 'supervised+flat saver': None,
+             'masked+saver': MaskedValuePretrain}
+    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec']  # the other rows on request
     tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in only}
     learners = {}
     for name, task in tasks.items():
@@ -128,7 +134,8 @@ def mvp_epoch(n: int, L: int, bs: int, reps: int):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['bucketing', 'steps', 'mvp', 'all'], default='all')
-    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'contrastive', 'ts2vec', 'supervised 2x', 'supervised+saver',
+    p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'next-step pad', 'contrastive',
+                                                  'contrastive 50-100% crops', 'ts2vec', 'supervised 2x', 'supervised+saver',
                                                   'supervised+flat saver', 'masked+saver'],
                    help='steps: only these (with the supervised reference)')
     p.add_argument('--mvp-len', type=int, default=4096, help='mvp: series length')

@@ -105,3 +105,19 @@ def test_masked_pooling_ignores_padding():
     assert torch.allclose(masked_mean(padded, mask)[0], h[0, :, :6].mean(-1))
     assert torch.allclose(masked_max(padded, mask)[0], h[0, :, :6].amax(-1))
     assert torch.allclose(masked_mean(h, None), h.mean(-1))
+
+
+@pytest.mark.parametrize('arch, reach', [(ResNetPlus, 18), (InceptionTimePlus, 114), (UserNet, 10)])
+def test_lookahead_is_how_far_ahead_the_backbone_sees(arch, reach):
+    "ResNetPlus: 3 blocks x (3+2+1) right padding; InceptionTimePlus: 6 modules x 19 (kernel 39); UserNet: 2 x (3+2)."
+    from tsai_ssl import lookahead
+    bb = split_backbone(arch(c_out=2) if arch is UserNet else arch(1, 2))
+    assert lookahead(bb, 1) == reach
+    x = torch.randn(4, 1, 300, generator=torch.Generator().manual_seed(0))
+    bb.eval()
+    with torch.no_grad():
+        x2 = x.clone(); x2[..., 150 + reach + 1:] = 5.
+        assert torch.allclose(bb(x)[..., :151], bb(x2)[..., :151], atol=1e-6)  # nothing beyond s + reach
+        x3 = x.clone(); x3[..., 150 + reach] = 5.
+        # but s + reach itself counts (through 6 inception modules only slightly: compare exactly)
+        assert not torch.equal(bb(x)[..., 150], bb(x3)[..., 150])

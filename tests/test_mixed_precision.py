@@ -22,17 +22,22 @@ class CPUAutocast(Callback):
     "bfloat16 autocast on the CPU at `MixedPrecision`'s events (forward and loss; backward and step outside)."
     order = 10  # as fastai's MixedPrecision: after the pretext task has built the batch
 
+    def before_fit(self): self.ctx, self.dtypes = None, []
+
     def before_batch(self):
         self.ctx = torch.autocast('cpu', dtype=torch.bfloat16)
         self.ctx.__enter__()
-        self.dtypes = []
 
     def after_pred(self):
         p = self.learn.pred
         self.dtypes.append(p.dtype if torch.is_tensor(p) else None)
 
-    def after_loss(self): self.ctx.__exit__(None, None, None)
-    def after_cancel_batch(self): self.ctx.__exit__(None, None, None)
+    def after_loss(self): self._exit()
+    def after_cancel_batch(self): self._exit()  # cancelled before after_loss: leave autocast all the same
+
+    def _exit(self):
+        if self.ctx is not None: self.ctx.__exit__(None, None, None)
+        self.ctx = None
 
 
 def _dls(n=40, labels=False):

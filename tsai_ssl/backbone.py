@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['Backbone', 'split_backbone', 'masked_mean', 'masked_max', 'causal', 'check_causal', 'lookahead', 'infer_c_in']
+__all__ = ['Backbone', 'PretextModel', 'split_backbone', 'masked_mean', 'masked_max', 'causal', 'check_causal', 'lookahead', 'infer_c_in']
 
 # tsai classifiers whose forward is "these children in order, then pooling and a linear layer"
 _SEQUENTIAL_PARTS = {
@@ -140,6 +140,33 @@ def _infer_nf(bb: nn.Module, c_in: int, seq_len: int = 64) -> int:
         raise TypeError(f'The backbone of {bb.arch} returns shape {tuple(out.shape)} for input (2, {c_in}, {seq_len}); '
                         f'expected per-timestep features (2, nf, {seq_len}). Models that downsample time are not supported.')
     return out.shape[1]
+
+
+
+class PretextModel(nn.Module):
+    """Backbone + pretext head. The backbone's modules are registered under the classifier's names, so even a
+    plain ``learn.save`` of this model loads into the classifier with ``strict=False`` (``ssl_head.*`` is ignored).
+
+    ``forward(x (bs, C, L), pad_mask (bs, L) | None, *head_args) -> head(backbone(x), *head_args)``. With a
+    `tsai_ssl.padding.PaddingAware` `pa` over the backbone, `pad_mask` (True = real step) is set on it for this forward only, so
+    padded steps never reach a real step's features and BatchNorm statistics use real steps only."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module, pa=None):
+        super().__init__()
+        for name, m in backbone.named_children(): self.add_module(name, m)
+        self.ssl_head = head
+        self._backbone = [backbone]  # not registered again: its modules are the ones above
+        self.pa = pa
+
+    @property
+    def backbone(self) -> Backbone: return self._backbone[0]
+
+    def forward(self, x, pad_mask=None, *head_args):
+        if self.pa is None: return self.ssl_head(self.backbone(x), *head_args)
+        self.pa.pad_mask = pad_mask
+        try: h = self.backbone(x)
+        finally: self.pa.pad_mask = None  # a stale mask must never reach another caller of the backbone
+        return self.ssl_head(h, *head_args)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,7 @@ from fasttransform.transform import Pipeline
 from tsai.data.core import TSTensor
 
 __all__ = ['RaggedStore', 'SeriesDataset', 'BucketedDL', 'SSLDataLoaders', 'get_ssl_dls', 'to_series_list',
-           'validate_series', 'batch_pad_mask', 'batch_raw_input']
+           'validate_series', 'batch_pad_mask', 'batch_raw_input', 'batch_series_index']
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -202,19 +202,48 @@ class BucketedDL(TfmdDL):
     seen once per epoch. Without shuffle the order is by length (fastai's `get_preds` restores the
     dataset order). ``max_len`` crops longer series to a random window of that length (training only
     when ``crop=True``; validation and test see full series).
+
+    ``exact=True`` (what `SSLDataLoaders.test_dl` makes): a batch only holds series of one length, so nothing is
+    padded and a series' prediction cannot depend on its batch neighbours, for any model (series of a length
+    that occurs once are a batch of one). Needs ``shuffle=False`` and runs in the main process.
+
+    While a batch is processed the loader keeps ``pad_mask`` (see the module docstring), ``raw_input`` and
+    ``batch_idxs`` (the dataset index of each batch item, for error messages that point into the user's data).
     """
 
     def __init__(self, dataset, bs: int = 64, shuffle: bool = False, max_len: int | None = None, crop: bool = False,
-                 pad_value: float = 0., bucket: bool = True, pool_batches: int = 50, **kwargs):
+                 pad_value: float = 0., bucket: bool = True, pool_batches: int = 50, exact: bool = False, **kwargs):
         self.max_len, self.crop, self.pad_value, self.bucket, self.pool_batches = max_len, crop, pad_value, bucket, pool_batches
-        self.pad_mask = self.raw_input = None
+        if exact and shuffle: raise ValueError('exact=True batches series of one length in length order: use shuffle=False.')
+        self.exact = exact
+        self.pad_mask = self.raw_input = self.batch_idxs = None
         kwargs.setdefault('num_workers', 0)
+        if exact: kwargs['num_workers'] = 0  # fastai's workers split the indices in chunks of bs: exact batches are not
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
         self.after_batch = _KeepPadMask(self.after_batch, self)
 
     def new(self, dataset=None, cls=None, **kwargs):
-        for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches'): kwargs.setdefault(k, getattr(self, k))
+        for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches', 'exact'): kwargs.setdefault(k, getattr(self, k))
+        if kwargs.get('shuffle'): kwargs['exact'] = False
         return super().new(dataset, cls, **kwargs)
+
+    def __len__(self):
+        if not self.exact: return super().__len__()
+        return len(self._exact_sizes())
+
+    def _exact_sizes(self) -> list[int]:
+        "Batch sizes of an exact loader: each run of equal lengths (in loader order) cut into chunks of at most bs."
+        L = self.effective_lengths()[np.asarray(self.get_idxs(), dtype=np.int64)] if len(self.dataset) else []
+        sizes, run = [], 0
+        for k in range(len(L)):
+            run += 1
+            if k + 1 == len(L) or L[k + 1] != L[k] or run == self.bs:
+                sizes.append(run); run = 0
+        return sizes
+
+    def chunkify(self, b):
+        if not self.exact: return super().chunkify(b)
+        return _equal_length_chunks(b, self.bs)
 
     # -- order -----------------------------------------------------------------------------------------
     def effective_lengths(self) -> np.ndarray:
@@ -249,9 +278,13 @@ class BucketedDL(TfmdDL):
         return float(1 - real / padded) if padded else 0.
 
     # -- batches ---------------------------------------------------------------------------------------
-    def create_item(self, s): return self.dataset[s if s is not None else 0]
+    def create_item(self, s):
+        i = s if s is not None else 0
+        return tuple(self.dataset[i]) + (i,)  # the dataset index travels with the item (`batch_idxs`)
 
     def create_batch(self, b):
+        idxs = torch.as_tensor([o[-1] for o in b], dtype=torch.long)
+        b = [o[:-1] for o in b]
         xs = [np.asarray(o[0]) for o in b]
         if self.crop and self.max_len:
             xs = [self._random_crop(x) for x in xs]
@@ -263,7 +296,7 @@ class BucketedDL(TfmdDL):
         mask = torch.arange(L)[None] < torch.as_tensor(lens)[:, None] if min(lens) < L else None
         out = (TSTensor(x),)
         if len(b[0]) > 1: out += (TensorCategory(torch.as_tensor(np.array([o[1] for o in b]), dtype=torch.long)),)
-        return out + (mask,)
+        return out + (mask, idxs)
 
     def _random_crop(self, x: np.ndarray) -> np.ndarray:
         L = x.shape[-1]
@@ -278,6 +311,16 @@ class BucketedDL(TfmdDL):
         return b + (b[0].as_subclass(torch.Tensor).clone() if has_tfms else None,)
 
 
+def _equal_length_chunks(items, bs: int):
+    "Consecutive items ``(x, ..., idx)`` grouped into lists of at most `bs` items of one length."
+    chunk = []
+    for o in items:
+        if chunk and (len(chunk) == bs or np.shape(o[0])[-1] != np.shape(chunk[0][0])[-1]):
+            yield chunk; chunk = []
+        chunk.append(o)
+    if chunk: yield chunk
+
+
 class _KeepPadMask(Pipeline):
     """The loader's batch transforms (the same transform objects), then: keep the padding mask and the raw input on
     the loader and hand on ``(x, [y])``. Doing it here, not in ``__iter__``, keeps it working when fastai wraps the
@@ -288,8 +331,8 @@ class _KeepPadMask(Pipeline):
         self.dl = dl
 
     def __call__(self, b):
-        *items, mask, raw = super().__call__(b)
-        self.dl.pad_mask = mask
+        *items, mask, idxs, raw = super().__call__(b)
+        self.dl.pad_mask, self.dl.batch_idxs = mask, idxs
         self.dl.raw_input = items[0].as_subclass(torch.Tensor) if raw is None else raw
         return tuple(items)
 
@@ -312,9 +355,16 @@ class SSLDataLoaders(DataLoaders):
         return type(self)(*loaders, path=self.path, device=self.device, c_in=self.vars, vocab=self.vocab,
                           seq_len=self.len, min_len=self.min_len, input_vocab=self.input_vocab)
 
-    def test_dl(self, test_items, with_labels: bool = False, y=None, bs: int | None = None, **kwargs) -> BucketedDL:
+    def test_dl(self, test_items, with_labels: bool = False, y=None, bs: int | None = None, exact: bool = True,
+                **kwargs) -> BucketedDL:
         """A loader over new series of any length (same batch transforms, full length, sorted by length
-        for speed; `learn.get_preds(dl=...)` returns predictions in the order of `test_items`)."""
+        for speed; `learn.get_preds(dl=...)` returns predictions in the order of `test_items`).
+
+        ``exact=True`` (default): a batch holds series of one length only, so no series is padded and its
+        prediction never depends on what it is batched with, whatever the model. Series whose length occurs once
+        are a batch of one, which costs time when every length differs (the README has the measured cost);
+        ``exact=False`` pads length-sorted batches (faster; add `tsai_ssl.IgnorePadding` to the Learner to keep
+        predictions independent of batching)."""
         series = to_series_list(test_items)
         validate_series(series, y, min_len=self.min_len, vocab=self.input_vocab)
         if series[0].shape[0] != self.vars:
@@ -322,7 +372,8 @@ class SSLDataLoaders(DataLoaders):
         if with_labels and y is None: raise ValueError('with_labels=True needs y.')
         yy = _encode_labels(y, self.vocab) if y is not None else None
         ds = SeriesDataset(series, yy, split_idx=1)
-        return self.valid.new(ds, shuffle=False, drop_last=False, crop=False, bs=bs or self.valid.bs, **kwargs)
+        return self.valid.new(ds, shuffle=False, drop_last=False, crop=False, bs=bs or self.valid.bs, exact=exact,
+                              **kwargs)
 
 
 def _encode_labels(y, vocab: CategoryMap | None) -> np.ndarray:
@@ -415,3 +466,8 @@ def batch_raw_input(learn_or_dl, x: torch.Tensor) -> torch.Tensor:
     pipe = getattr(dl, 'after_batch', None)
     if pipe is None or not getattr(pipe, 'fs', None): return x
     return torch.as_tensor(pipe.decode((TSTensor(x.detach()),))[0]).as_subclass(torch.Tensor).to(x.device)
+
+
+def batch_series_index(learn_or_dl) -> torch.Tensor | None:
+    "The dataset index of each item of the batch being processed (`BucketedDL`; None for other loaders)."
+    return getattr(_source_dl(learn_or_dl), 'batch_idxs', None)

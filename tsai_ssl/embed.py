@@ -17,11 +17,11 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Metric
 
-from .backbone import Backbone, masked_max, masked_mean, split_backbone
+from .backbone import Backbone, PretextModel, masked_max, masked_mean, split_backbone
 from .data import (BucketedDL, SeriesDataset, SSLDataLoaders, batch_pad_mask, to_series_list, validate_series)
-from .padding import padding_aware
+from .padding import clean_input, padding_aware
 
-__all__ = ['backbone_of', 'pool_features', 'clean_input', 'get_embeddings',
+__all__ = ['backbone_of', 'pool_features', 'get_embeddings',
            'linear_probe', 'LinearProbe']
 
 _POOLS = ('mean', 'max', 'meanmax')
@@ -35,7 +35,6 @@ def backbone_of(learn_or_model) -> Backbone:
     the classifier's (`split_backbone`) otherwise; (Distributed)DataParallel wrappers are unwrapped."""
     model = learn_or_model.model if isinstance(learn_or_model, Learner) else learn_or_model
     while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
-    from .tasks.base import PretextModel  # here, not at the top: tasks import this module
     if isinstance(model, PretextModel): return model.backbone
     return split_backbone(model)
 
@@ -47,16 +46,6 @@ def pool_features(h: torch.Tensor, mask: torch.Tensor | None, pool: str | Callab
     if pool == 'max': return masked_max(h, mask)
     if pool == 'meanmax': return torch.cat([masked_mean(h, mask), masked_max(h, mask)], 1)
     raise ValueError(f'pool must be one of {_POOLS} or a callable, not {pool!r}')
-
-
-def clean_input(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """A model input without NaN: tsai-style NaN padding becomes a mask (a step is real when none of its channels is
-    NaN) and NaN / padded steps are set to 0."""
-    if mask is None and x.is_floating_point() and bool(torch.isnan(x).any()):
-        mask = ~torch.isnan(x).any(1)
-    if mask is not None:
-        x = x.masked_fill(~mask[:, None], 0.)
-    return x, mask
 
 
 def _loader_for(learn: Learner | None, data, bs: int, device) -> tuple[object, list[int] | None]:
@@ -122,11 +111,11 @@ def _embed_loader(bb: nn.Module, dl, order, pool, progress: bool, pad_aware: boo
             for b in it:
                 x = b[0] if isinstance(b, (tuple, list)) else b
                 x = torch.as_tensor(x).as_subclass(torch.Tensor)
-                mask = batch_pad_mask(dl, x)
-                x, mask = clean_input(x.to(p.device, p.dtype), None if mask is None else mask.to(p.device))
-                with (pa.using(mask) if pa is not None else contextlib.nullcontext()):
-                    h = bb(x)
-                outs.append(pool_features(h, mask, pool).float().cpu())
+                pad_mask = batch_pad_mask(dl, x)
+                x, pad_mask = clean_input(x.to(p.device, p.dtype), None if pad_mask is None else pad_mask.to(p.device))
+                if pa is not None: pa.pad_mask = pad_mask
+                h = bb(x)
+                outs.append(pool_features(h, pad_mask, pool).float().cpu())
     finally:
         for m, training in modes: m.training = training
     emb = torch.cat(outs).numpy() if outs else np.zeros((0, getattr(bb, 'nf', 0) or 0), dtype=np.float32)

@@ -26,7 +26,9 @@ import torch.nn as nn
 from fastai.callback.core import Callback
 from torch.utils.checkpoint import checkpoint
 
-from .padding import PaddingAware
+from .backbone import split_backbone
+from .padding import PaddingAware, installed
+from .tasks.base import PretextTask, restore_tasks
 
 __all__ = ['find_blocks', 'sub_blocks', 'checkpoint_blocks', 'MemorySaver']
 
@@ -67,15 +69,15 @@ def _replay(bns: list[nn.Module], masks: list[tuple[PaddingAware, torch.Tensor |
     "The recomputation's context: the forward's padding masks; BatchNorm running statistics put back as they were."
     # (Turning track_running_stats off instead would change which tensors batch_norm saves, which checkpoint forbids.)
     stats = [[b.clone() for b in bn.buffers()] for bn in bns]
-    prev_pa = [(pa, pa.mask) for pa, _ in masks]
+    prev_pa = [(pa, pa.pad_mask) for pa, _ in masks]
     try:
-        for pa, m in masks: pa.mask = m
+        for pa, m in masks: pa.pad_mask = m
         yield
     finally:
         with torch.no_grad():
             for bn, saved in zip(bns, stats):
                 for b, v in zip(bn.buffers(), saved): b.copy_(v)
-        for pa, m in prev_pa: pa.mask = m
+        for pa, m in prev_pa: pa.pad_mask = m
 
 
 def _checkpointed_forward(block: nn.Module):
@@ -84,7 +86,7 @@ def _checkpointed_forward(block: nn.Module):
 
     def forward(*args, **kwargs):
         if not (torch.is_grad_enabled() and block.training): return orig(*args, **kwargs)
-        masks = [(pa, pa.mask) for pa in PaddingAware.active]
+        masks = [(pa, pa.pad_mask) for pa in installed(block)]  # the forward's masks, replayed in backward
         ctx = lambda: (contextlib.nullcontext(), _replay(bns, masks))
         return checkpoint(orig, *args, use_reentrant=False, context_fn=ctx, **kwargs)
     return forward
@@ -154,18 +156,15 @@ class MemorySaver(Callback):
 
     def before_fit(self):
         self._remove()
-        from .backbone import split_backbone
-        from .tasks.base import PretextTask
         model = self.learn.model
         task = next((cb for cb in self.learn.cbs if isinstance(cb, PretextTask) and cb.attached), None)
         if self.blocks is not None:  # names of the classifier's modules (a pretext model shares them)
-            root, blocks = (task._saved['model'] if task is not None else model), self.blocks
+            root, blocks = (task.classifier if task is not None else model), self.blocks
         else: root, blocks = (model.backbone if task is not None else split_backbone(model)), None
         self._ctx = checkpoint_blocks(root, blocks, self.min_blocks, self.nested)
         try: self.names = self._ctx.__enter__()
         except BaseException:
             self._ctx = None
-            from .tasks.base import restore_tasks
             restore_tasks(self.learn); raise
         # fastai runs neither after_fit nor after_cancel_fit when another exception (KeyboardInterrupt, ...) leaves
         # an epoch: take the patches off then too, so the model never keeps them (they would break learn.export)

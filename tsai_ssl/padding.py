@@ -15,31 +15,55 @@ functionally (``F.conv1d``) instead of as modules.
 
 `IgnorePadding` applies the same to a standard tsai classifier (fine-tuning, validation, `get_preds`), and also
 makes its global average/max pooling use real steps only.
+
+The mask reaches the layers one way: ``pa.pad_mask = mask`` before a forward (a pretext task's `PretextModel`
+does it for each of its forwards, `IgnorePadding` for each batch), cleared after it.
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
-from typing import Iterator
+import weakref
 
 import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
 
-from .backbone import masked_max, masked_mean
+from .backbone import PretextModel, masked_max, masked_mean
 from .data import batch_pad_mask
 
-__all__ = ['PaddingAware', 'padding_aware', 'IgnorePadding']
+__all__ = ['PaddingAware', 'padding_aware', 'installed', 'clean_input', 'IgnorePadding']
+
+_OWNER: 'weakref.WeakKeyDictionary[nn.Module, PaddingAware]' = weakref.WeakKeyDictionary()  # hooked layer -> its context
+
+
+def clean_input(x: torch.Tensor, pad_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A model input without NaN, and its padding mask: tsai-style NaN padding becomes a mask (a step is real when
+    none of its channels is NaN), and NaN / padded steps are set to 0."""
+    if pad_mask is None and x.is_floating_point() and bool(torch.isnan(x).any()):
+        pad_mask = ~torch.isnan(x).any(1)
+    if pad_mask is not None:
+        x = x.masked_fill(~pad_mask[:, None], 0.)
+    return x, pad_mask
+
+
+def installed(module: nn.Module) -> list['PaddingAware']:
+    "The entered `PaddingAware` contexts that hook layers of `module` (`tsai_ssl.memory` replays their masks)."
+    out = []
+    for m in module.modules():
+        pa = _OWNER.get(m)
+        if pa is not None and pa not in out: out.append(pa)
+    return out
 
 
 class PaddingAware:
-    """Makes the time-mixing layers of `module` ignore padded steps while ``self.mask`` is set (see the module
-    docstring). Use it as a context manager (`padding_aware`); set the mask per forward with `using`::
+    """Makes the time-mixing layers of `module` ignore padded steps while ``self.pad_mask`` is set (see the module
+    docstring). Use it as a context manager (`padding_aware`) and set the mask before each forward::
 
-        with padding_aware(backbone) as pa, pa.using(mask):
+        with padding_aware(backbone) as pa:
+            pa.pad_mask = pad_mask   # bool (bs, L), True at real steps
             h = backbone(x)          # h at real steps == what each series gives alone (eval mode)
 
-    With ``mask=None`` every layer behaves exactly as without the context. A mask is only applied to inputs
+    With ``pad_mask=None`` every layer behaves exactly as without the context. A mask is only applied to inputs
     shaped ``(bs, C, L)`` with the mask's ``bs`` and ``L``, so layers that see a longer, internally padded input
     (e.g. the convolution inside ``SameConv1d``) are left alone; their padding module handled it.
 
@@ -48,23 +72,21 @@ class PaddingAware:
         batchnorm: compute training-mode ``BatchNorm1d`` statistics over real steps only.
     """
 
-    active: list['PaddingAware'] = []  # entered instances (`tsai_ssl.memory` replays their masks on recomputation)
-
     def __init__(self, module: nn.Module, batchnorm: bool = True):
         self.module, self.batchnorm = module, batchnorm
-        self._mask: torch.Tensor | None = None
-        self._handles, self._patched = [], []
+        self._pad_mask: torch.Tensor | None = None
+        self._handles, self._patched, self._layers = [], [], []
 
     @property
-    def mask(self) -> torch.Tensor | None:
+    def pad_mask(self) -> torch.Tensor | None:
         "The padding mask of the next forwards (bool ``(bs, L)``, True = real step), None if there is no padding."
-        return self._mask
+        return self._pad_mask
 
-    @mask.setter
-    def mask(self, mask: torch.Tensor | None):
+    @pad_mask.setter
+    def pad_mask(self, pad_mask: torch.Tensor | None):
         # a mask without padded steps is stored as None: every layer then runs its plain (native) path, which gives
         # the same result faster (the contrastive task's equal-length crops, unpadded batches)
-        self._mask = None if mask is None or bool(mask.all()) else mask
+        self._pad_mask = None if pad_mask is None or bool(pad_mask.all()) else pad_mask
 
     # -- install / remove ----------------------------------------------------------------------------
     def __enter__(self) -> 'PaddingAware':
@@ -79,9 +101,10 @@ class PaddingAware:
                     prev = m.__dict__.get('forward')
                     m.forward = self._bn_forward(m, prev)
                     self._patched.append((m, prev))
+                else: continue
+                _OWNER[m] = self; self._layers.append(m)
         except BaseException:
             self.__exit__(None, None, None); raise
-        PaddingAware.active.append(self)
         return self
 
     def __exit__(self, *exc):
@@ -89,20 +112,14 @@ class PaddingAware:
         for m, prev in reversed(self._patched):
             if prev is None: m.__dict__.pop('forward', None)
             else: m.forward = prev
-        self._handles, self._patched, self.mask = [], [], None
-        if self in PaddingAware.active: PaddingAware.active.remove(self)
+        for m in self._layers:
+            if _OWNER.get(m) is self: del _OWNER[m]
+        self._handles, self._patched, self._layers, self.pad_mask = [], [], [], None
         return False
-
-    @contextlib.contextmanager
-    def using(self, mask: torch.Tensor | None) -> Iterator['PaddingAware']:
-        "Set the padding mask (bool ``(bs, L)``, True = real step) for the forwards run inside."
-        prev, self.mask = self.mask, mask
-        try: yield self
-        finally: self.mask = prev
 
     # -- hooks -----------------------------------------------------------------------------------------
     def _mask_for(self, x) -> torch.Tensor | None:
-        m = self.mask
+        m = self._pad_mask
         if m is None or not torch.is_tensor(x) or x.ndim != 3: return None
         if x.shape[0] != m.shape[0] or x.shape[-1] != m.shape[-1]: return None
         return m.to(x.device)
@@ -251,16 +268,25 @@ class IgnorePadding(Callback):
     GAP1d/GACP1d heads and fastai's AdaptiveConcatPool1d) pool over real steps only. In eval mode a series then
     gets the prediction it gets alone, whatever it is batched with. Batches without padding are untouched.
     A pooling written as ``x.mean(-1)`` in a model's forward cannot be hooked: use ``nn.AdaptiveAvgPool1d(1)``.
+    During pretraining the pretext model is covered too: a task made with ``pad_aware=False`` gets a padding-aware
+    backbone while this callback is attached (its views' masks reach it through the pretext model's forward).
 
         clf = ts_learner(dls, ResNetPlus, metrics=accuracy, cbs=IgnorePadding())
     """
-    order = -4  # after a pretext task's swap (-5): during pretraining the pretext model is covered too
+    order = -4  # after a pretext task's swap (-5)
 
     def __init__(self, batchnorm: bool = True):
-        self.batchnorm, self._pa, self._hooks = batchnorm, None, []
+        self.batchnorm = batchnorm
+        self._pa, self._hooks, self._pretext, self._installed = None, [], None, False
 
     def _install(self):
-        model = self.learn.model
+        self._installed = True
+        model = _unwrap(self.learn.model)
+        if isinstance(model, PretextModel):  # the pretext model's forward sets the mask of its own inputs (views)
+            if model.pa is None:
+                self._pa = PaddingAware(model.backbone, self.batchnorm).__enter__()
+                model.pa, self._pretext = self._pa, model
+            return
         self._pa = PaddingAware(model, self.batchnorm).__enter__()
         self._hooks = [m.register_forward_hook(self._pool_hook) for m in model.modules()
                        if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) and _to_one(m.output_size)]
@@ -268,11 +294,13 @@ class IgnorePadding(Callback):
     def _remove(self):
         for h in self._hooks: h.remove()
         if self._pa is not None: self._pa.__exit__(None, None, None)
-        self._pa, self._hooks = None, []
+        if self._pretext is not None: self._pretext.pa = None
+        self._pa, self._hooks, self._pretext, self._installed = None, [], None, False
 
     def before_batch(self):
-        if self._pa is None: self._install()
-        self._pa.mask = batch_pad_mask(self.learn, self.learn.xb[0])
+        if not self._installed: self._install()
+        if self._pa is not None and self._pretext is None:  # a classifier: this callback sets its mask
+            self._pa.pad_mask = batch_pad_mask(self.learn, self.learn.xb[0])
 
     def _pool_hook(self, mod, args, out):
         m = self._pa._mask_for(args[0]) if self._pa is not None else None
@@ -284,6 +312,11 @@ class IgnorePadding(Callback):
     def after_validate(self): self._remove()
     def after_fit(self): self._remove()
     def after_cancel_fit(self): self._remove()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+    return model
 
 
 def _to_one(size) -> bool: return (size[0] if isinstance(size, (tuple, list)) else size) == 1

@@ -3,19 +3,25 @@
 A task callback, added to an ordinary tsai/fastai Learner, does this around each ``fit``:
 
 * ``before_fit``: split the classifier with `split_backbone`, build the pretext head once (kept across
-  fits), put ``learn.model = PretextModel(backbone, head)``, add the head's parameters to the *existing*
+  fits), put ``learn.model = PretextModel(backbone, head, pa)``, add the head's parameters to the *existing*
   optimizer (fastai creates the optimizer before ``before_fit``; tsai's MVP builds its head after that, so
   its head never trains), and swap ``loss_func`` and ``metrics`` for the task's.
-* ``before_batch``: the task turns the batch into pretext inputs and targets (``learn.xb``/``learn.yb``).
+* ``before_batch``: the padding mask of the batch is derived once (the loader's ``pad_mask``, or trailing NaN in
+  a tsai NaN-padded batch), padded steps are set to 0, and the task turns the batch into pretext inputs and targets
+  (``learn.xb = (x, pad_mask, *head_args)``, ``learn.yb``). The pretext model hands ``pad_mask`` to the
+  padding-aware backbone for its forward: the one path a mask takes, the same for every task.
 * ``after_epoch``: optionally save the backbone (best validation loss and/or last) under the
-  classifier's parameter names, atomically.
+  classifier's parameter names, atomically; never during ``lr_find``.
 * ``after_fit`` (also after `CancelFitException`, and after any other exception raised inside an epoch,
   e.g. KeyboardInterrupt): put the classifier, loss, metrics and optimizer back as they were.
 
 Why the callback's ``order`` changes during fit: it must swap the model and metrics *before*
 `DistributedTrainer` (order 11, which wraps the model in DDP), `Recorder` (50) and `LRFinder` (60, which
-snapshots the model) see them, and put everything back *after* `LRFinder` has reloaded its snapshot; fastai sorts callbacks by ``order`` at every event, so the callback
-runs early for ``before_fit`` and late for everything after it.
+snapshots the model) see them, and put everything back *after* `LRFinder` has reloaded its snapshot; fastai sorts
+callbacks by ``order`` at every event, so the callback runs early for ``before_fit`` and late for everything after it.
+
+A new task: one file in this folder with a subclass declaring ``name``, ``aliases`` and ``label`` (it registers
+itself, see `tsai_ssl.tasks.registry`) and implementing `make_head`, `make_batch` and `loss`.
 """
 from __future__ import annotations
 
@@ -28,29 +34,20 @@ from fastai.callback.core import Callback, CancelEpochException, CancelFitExcept
 from fastai.learner import Metric
 from fastai.torch_core import rank_distrib
 
-from ..backbone import Backbone, _eval_mode, infer_c_in, split_backbone
-from ..data import batch_pad_mask, batch_raw_input
+from ..backbone import Backbone, PretextModel, _eval_mode, infer_c_in, split_backbone
+from ..data import batch_pad_mask, batch_raw_input, batch_series_index
 from ..losses import _dist_world_size as _world_size
+from ..padding import PaddingAware, clean_input
 from ..transfer import save_backbone, weights_path
+from . import registry
 
-__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes']
+__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes', 'unwrap_model']
 
 
-class PretextModel(nn.Module):
-    """Backbone + pretext head. The backbone's modules are registered under the classifier's names, so even a
-    plain ``learn.save`` of this model loads into the classifier with ``strict=False`` (``ssl_head.*`` is ignored)."""
-
-    def __init__(self, backbone: Backbone, head: nn.Module):
-        super().__init__()
-        for name, m in backbone.named_children(): self.add_module(name, m)
-        self.ssl_head = head
-        self._backbone = [backbone]  # not registered again: its modules are the ones above
-
-    @property
-    def backbone(self) -> Backbone: return self._backbone[0]
-
-    def forward(self, x, *args):
-        return self.ssl_head(self.backbone(x), *args)
+def unwrap_model(model: nn.Module) -> nn.Module:
+    "`model` without (Distributed)DataParallel wrappers."
+    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+    return model
 
 
 def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
@@ -85,39 +82,64 @@ class CountMetric(Metric):
 
 
 class PretextTask(Callback):
-    """Base class of the pretext-task callbacks (see the module docstring). Subclasses implement
-    `make_head`, `make_batch`, `loss` and optionally `metrics`, `model_inputs` and `wrap_backbone`.
+    """Base class of the pretext-task callbacks (see the module docstring). Subclasses declare ``name`` (registry
+    key), ``aliases`` and ``label`` (tables), optionally ``epoch_cost`` (an epoch's cost per data step relative to a
+    supervised epoch), and implement `make_head`, `make_batch`, `loss` and optionally `metrics`, `wrap_backbone`
+    and `state_dict` / `load_state_dict` (what `Checkpoint` must save besides the weights).
 
     Args:
         save_as: name (``learn.path/learn.model_dir/<name>.pth``) or path to save the backbone to.
         save: 'best' (lowest validation loss; last epoch if there is no validation set), 'last', or 'both'
             ('best' to ``save_as`` and the last epoch to ``<save_as>_last``).
         seed: seed of the fixed validation masks/views (same every epoch, so validation losses compare).
+        pad_aware: run the backbone padding-aware (`tsai_ssl.padding.PaddingAware`), so a series gets the same
+            features in a padded batch as alone; False runs the plain layers (padded steps then leak into real
+            steps' features near the end of short series and into BatchNorm statistics).
     """
     order = -5  # before_fit: after TrainEvalCallback (-10), before DistributedTrainer (11), Recorder (50), LRFinder (60)
     _late_order = 70
+    name: str | None = None  # registry key; a subclass without one (a shared base) is not registered
+    aliases: tuple[str, ...] = ()
+    label: str | None = None
+    epoch_cost: float = 1.
 
-    def __init__(self, save_as: str | Path | None = None, save: str = 'best', seed: int = 0):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if 'name' in cls.__dict__ and cls.name: registry.register(cls)
+
+    def __init__(self, save_as: str | Path | None = None, save: str = 'best', seed: int = 0, pad_aware: bool = True):
         if save not in ('best', 'last', 'both'): raise ValueError(f"save must be 'best', 'last' or 'both', not {save!r}")
-        self.save_as, self.save, self.seed = save_as, save, seed
-        self.pretext_head, self.pretext_backbone, self._saved = None, None, None
+        self.save_as, self.save, self.seed, self.pad_aware = save_as, save, seed, pad_aware
+        self.pretext_head, self.pretext_backbone, self._saved, self._pa = None, None, None, None
         self.best, self.saved_paths = float('inf'), []
         self._head_state = {}  # the head's optimizer state (Adam moments) between fits
 
     # -- to implement ---------------------------------------------------------------------------------
     def make_head(self, nf: int, c_in: int) -> nn.Module: raise NotImplementedError
     def make_batch(self, x: torch.Tensor, pad_mask, raw: torch.Tensor, generator) -> tuple[tuple, tuple]:
-        "Return ``(xb, yb)`` for the pretext model and loss."
+        """Return ``(xb, yb)``: ``xb = (model_input, its pad_mask | None, *head_args)`` for the pretext model, ``yb``
+        for the loss and metrics (its first element has the batch dimension: fastai's loss averaging reads it).
+        `x` has 0 at padded steps; `pad_mask` (bs, L) is True at real steps, None when nothing is padded."""
         raise NotImplementedError
     def loss(self, pred, *yb) -> torch.Tensor: raise NotImplementedError
     def metrics(self) -> list: return []
     def wrap_backbone(self, backbone: Backbone):
         "A context manager to run the backbone in during fit (next-step: causal view)."
         return contextlib.nullcontext()
+    def state_dict(self) -> dict:
+        "The task's state beyond the model's weights, for `Checkpoint` (tensors and plain Python values)."
+        return dict(best=float(self.best))
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state['best'] if state.get('best') is not None else float('inf')
 
     # -- fit lifecycle -------------------------------------------------------------------------------
     @property
     def attached(self) -> bool: return self._saved is not None
+
+    @property
+    def classifier(self) -> nn.Module:
+        "The classifier the task swapped out (``learn.model`` when the task is not attached)."
+        return self._saved['model'] if self.attached else self.learn.model
 
     def before_fit(self):
         learn = self.learn
@@ -133,7 +155,9 @@ class PretextTask(Callback):
         self._ctx.__enter__()
         self._saved = dict(model=clf, loss_func=learn.loss_func, metrics=learn.metrics, n_opt=None)
         try:
-            learn.model = PretextModel(self.pretext_backbone, self.pretext_head).train(clf.training)
+            # after wrap_backbone, so its hooks see the layers the backbone will run (next-step's causal view)
+            if self.pad_aware: self._pa = PaddingAware(self.pretext_backbone).__enter__()
+            learn.model = PretextModel(self.pretext_backbone, self.pretext_head, self._pa).train(clf.training)
             learn.loss_func = self.loss
             learn.metrics = self.metrics()
             self._add_head_to_opt()
@@ -167,7 +191,10 @@ class PretextTask(Callback):
         if not self.attached: return
         learn, saved = self.learn, self._saved
         self._saved = None
-        try: self._ctx.__exit__(None, None, None)
+        try:
+            if self._pa is not None: self._pa.__exit__(None, None, None)
+            self._pa = None
+            self._ctx.__exit__(None, None, None)
         finally:
             learn.model, learn.loss_func, learn.metrics = saved['model'], saved['loss_func'], saved['metrics']
             opt = getattr(learn, 'opt', None)
@@ -185,12 +212,17 @@ class PretextTask(Callback):
     def before_batch(self):
         if not self.attached: return
         x = self.learn.xb[0]
-        mask = batch_pad_mask(self.learn, x)
-        raw = batch_raw_input(self.learn, x)
+        raw = batch_raw_input(self.learn, x).as_subclass(torch.Tensor)
+        x, pad_mask = clean_input(x.as_subclass(torch.Tensor), batch_pad_mask(self.learn, x))
         g = None
         if not self.training:  # fixed validation masks/views: the same every epoch
             g = torch.Generator(device='cpu').manual_seed(self.seed * 100_003 + self.learn.iter)
-        self.learn.xb, self.learn.yb = self.make_batch(x.as_subclass(torch.Tensor), mask, raw.as_subclass(torch.Tensor), g)
+        self.learn.xb, self.learn.yb = self.make_batch(x, pad_mask, raw, g)
+
+    def series_index(self, i: int) -> int | None:
+        "The index in the loader's data set of item `i` of the batch being processed (None if the loader has none)."
+        idxs = batch_series_index(self.learn)
+        return None if idxs is None else int(idxs[i])
 
     # -- looking at it ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -200,17 +232,19 @@ class PretextTask(Callback):
         if self.pretext_head is None: raise RuntimeError('The pretext head does not exist yet: fit the Learner with this callback first.')
         learn = self.learn
         dl = dl or (learn.dls.valid if len(learn.dls.valid) else learn.dls.train)
-        clf = self._saved['model'] if self.attached else learn.model
         x = dl.one_batch()[0]
-        mask, raw = batch_pad_mask(dl, x), batch_raw_input(dl, x)
-        x, raw = x[:n].as_subclass(torch.Tensor), raw[:n].as_subclass(torch.Tensor)
-        mask = None if mask is None else mask[:n]
-        backbone = split_backbone(clf)
-        model = PretextModel(backbone, self.pretext_head)
-        with _eval_mode(model), self.wrap_backbone(backbone):
-            xb, yb = self.make_batch(x, mask, raw, torch.Generator().manual_seed(seed))
+        pad_mask, raw = batch_pad_mask(dl, x), batch_raw_input(dl, x)
+        raw = raw[:n].as_subclass(torch.Tensor)
+        x, pad_mask = clean_input(x[:n].as_subclass(torch.Tensor), None if pad_mask is None else pad_mask[:n])
+        backbone = split_backbone(self.classifier)
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(self.wrap_backbone(backbone))
+            pa = stack.enter_context(PaddingAware(backbone)) if self.pad_aware else None
+            model = PretextModel(backbone, self.pretext_head, pa)
+            stack.enter_context(_eval_mode(model))
+            xb, yb = self.make_batch(x, pad_mask, raw, torch.Generator().manual_seed(seed))
             pred = model(*xb)
-        return dict(x=x, pad_mask=mask, raw=raw, xb=xb, yb=yb, pred=pred)
+        return dict(x=x, pad_mask=pad_mask, raw=raw, xb=xb, yb=yb, pred=pred)
 
     # -- saving --------------------------------------------------------------------------------------
     def after_batch(self):
@@ -218,8 +252,9 @@ class PretextTask(Callback):
 
     def after_epoch(self):
         trained, self._trained = self._trained, False
-        # an epoch that trained nothing (skipped by fastai's start_epoch or a resumed `Checkpoint`) saves nothing
-        if not self.attached or self.save_as is None or not trained: return
+        # an epoch that trained nothing (skipped by fastai's start_epoch or a resumed `Checkpoint`) saves nothing,
+        # and neither does an LR sweep: its "epochs" are a range test, not a pretraining
+        if not self.attached or self.save_as is None or not trained or _in_lr_find(self.learn): return
         loss = self._epoch_loss()
         meta = dict(task=type(self).__name__, epoch=self.epoch, loss=loss)
         if self.save in ('best', 'both') and loss is not None and loss < self.best:
@@ -243,6 +278,12 @@ class PretextTask(Callback):
         path = weights_path(self.learn, name)
         save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)
+
+
+def _in_lr_find(learn) -> bool:
+    "Whether fastai's `LRFinder` is running (``learn.lr_find()``)."
+    from fastai.callback.schedule import LRFinder
+    return any(isinstance(cb, LRFinder) for cb in learn.cbs)
 
 
 def _check_distributed(learn) -> None:

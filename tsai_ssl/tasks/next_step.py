@@ -20,7 +20,7 @@ In training the head runs on a random share of the steps (``steps=0.25``) and on
 masked-value head runs on the masked steps only; validation scores every step.
 
 The next value can be a classification over a vocabulary (default 41 values, 0..40: the targets are the exact
-raw integers even when the input is normalised) or a continuous regression (``vocab=None``, MSE/Huber).
+raw integers even when the input is normalised) or a continuous regression (``n_values=None``, MSE/Huber).
 Metrics print next to two trivial baselines on the same steps, so learning beyond copying is visible:
 ``repeat_acc`` (predict the previous value) and ``mode_acc`` (always predict the most frequent value).
 """
@@ -37,7 +37,7 @@ import torch.nn as nn
 
 from ..backbone import causal, check_causal, lookahead
 from .base import CountMetric, PretextTask, sum_over_processes
-from .masked import IGNORE, MaskedStepsHead, check_vocab
+from .targets import IGNORE, MaskedStepsHead, check_n_values
 
 __all__ = ['NextStepPretrain', 'ShiftedHead']
 
@@ -45,15 +45,15 @@ __all__ = ['NextStepPretrain', 'ShiftedHead']
 class _ModeMetric(CountMetric):
     "Accuracy of always predicting the epoch's most frequent next value (an optimistic constant baseline)."
 
-    def __init__(self, vocab: int):
+    def __init__(self, n_values: int):
         super().__init__(None, 'mode_acc')
-        self.vocab = vocab
+        self.n_values = n_values
 
-    def reset(self): self.hist = torch.zeros(self.vocab, dtype=torch.long)
+    def reset(self): self.hist = torch.zeros(self.n_values, dtype=torch.long)
 
     def accumulate(self, learn):
         tgt = learn.yb[0][:, 0]
-        self.hist += sum_over_processes(torch.bincount(tgt[tgt != IGNORE].flatten(), minlength=self.vocab)).cpu()
+        self.hist += sum_over_processes(torch.bincount(tgt[tgt != IGNORE].flatten(), minlength=self.n_values)).cpu()
 
     @property
     def value(self): return (self.hist.max() / self.hist.sum()).item() if self.hist.sum() else None
@@ -84,28 +84,29 @@ class NextStepPretrain(PretextTask):
             backbone layer, and neighbouring steps' targets are largely redundant.
         causal: 'shift' (predict from the output ``R`` steps back) or 'pad' (left-padded layers); see the module
             docstring.
-        vocab: number of integer values (categorical over 0..vocab-1), or None for a continuous target.
+        n_values: number of integer values (categorical over 0..n_values-1), or None for a continuous target.
         loss: continuous only: 'mse' or 'huber'.
         check: ``causal='pad'``: verify causality (a perturbation test on a short random input) at the start of each
             fit (with 'shift' the measurement of ``R`` is the check).
-        save_as, save, seed: see `PretextTask`.
+        save_as, save, seed, pad_aware: see `PretextTask`.
     """
+    name, aliases, label = 'next', ('next-step', 'nextstep'), 'next-step'
 
-    def __init__(self, horizon: int = 1, vocab: int | None = 41, loss: str = 'mse', causal: str = 'shift',
+    def __init__(self, horizon: int = 1, n_values: int | None = 41, loss: str = 'mse', causal: str = 'shift',
                  steps: float = 0.25, check: bool = True, save_as: str | Path | None = None, save: str = 'best',
-                 seed: int = 0):
-        super().__init__(save_as=save_as, save=save, seed=seed)
+                 seed: int = 0, pad_aware: bool = True):
+        super().__init__(save_as=save_as, save=save, seed=seed, pad_aware=pad_aware)
         if horizon < 1: raise ValueError(f'horizon must be >= 1, got {horizon}')
-        if vocab is not None and vocab < 2: raise ValueError(f'vocab must be >= 2 or None, got {vocab}')
+        if n_values is not None and n_values < 2: raise ValueError(f'n_values must be >= 2 or None, got {n_values}')
         if loss not in ('mse', 'huber'): raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
         if causal not in ('shift', 'pad'): raise ValueError(f"causal must be 'shift' or 'pad', got {causal!r}")
         if not 0 < steps <= 1: raise ValueError(f'steps must be in (0, 1], got {steps}')
-        self.horizon, self.vocab, self.loss_kind, self.check = horizon, vocab, loss, check
+        self.horizon, self.n_values, self.loss_kind, self.check = horizon, n_values, loss, check
         self.causal_mode, self.steps, self._warned_short = causal, steps, False
 
     def make_head(self, nf, c_in):
         self.c_in = c_in
-        return ShiftedHead(MaskedStepsHead(nf, self.horizon * c_in * (self.vocab or 1)))
+        return ShiftedHead(MaskedStepsHead(nf, self.horizon * c_in * (self.n_values or 1)))
 
     @contextlib.contextmanager
     def wrap_backbone(self, backbone):
@@ -121,7 +122,7 @@ class NextStepPretrain(PretextTask):
     def make_batch(self, x, pad_mask, raw, generator):
         bs, C, L = x.shape
         H = self.horizon
-        valid = torch.ones(bs, L, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask
+        real = torch.ones(bs, L, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask
         shift = self.pretext_head.shift if self.pretext_head is not None else 0  # steps < shift: no prediction
         if shift and L <= shift + 1 and not self._warned_short:
             self._warned_short = True
@@ -137,26 +138,26 @@ class NextStepPretrain(PretextTask):
             sel = (torch.rand(bs, L, generator=generator, device=dev) < self.steps).to(x.device)
             scored = F.pad(sel[:, :max(L - shift, 0)], (min(shift, L), 0), value=False)
         else: scored[:, :shift] = False
-        xb = (x,) if sel is None else (x, sel)
-        if self.vocab is not None:
-            cur = check_vocab(raw, pad_mask, self.vocab)
+        xb = (x, pad_mask) if sel is None else (x, pad_mask, sel)
+        if self.n_values is not None:
+            cur = check_n_values(raw, pad_mask, self.n_values, self.series_index)
             tgt = torch.full((bs, H, C, L), IGNORE, dtype=torch.long, device=x.device)
             for k in range(1, min(H, L - 1) + 1):  # over the horizon (small), not samples; none exists >= L ahead
-                tgt[:, k - 1, :, :L - k] = cur[..., k:].masked_fill(~valid[:, None, k:], IGNORE)
+                tgt[:, k - 1, :, :L - k] = cur[..., k:].masked_fill(~real[:, None, k:], IGNORE)
             return xb, (tgt.masked_fill(~scored[:, None, None], IGNORE), cur)
         tgt = torch.zeros(bs, H, C, L, device=x.device, dtype=x.dtype)
         w = torch.zeros(bs, H, 1, L, device=x.device, dtype=x.dtype)
         for k in range(1, min(H, L - 1) + 1):
             tgt[:, k - 1, :, :L - k] = x[..., k:]
-            w[:, k - 1, 0, :L - k] = valid[:, k:].to(x.dtype)
+            w[:, k - 1, 0, :L - k] = real[:, k:].to(x.dtype)
         return xb, (tgt, w * scored[:, None, None], x)
 
     def _logits(self, pred):  # (bs, H*C*V, L) -> (bs, V, H, C, L)
         bs, _, L = pred.shape
-        return pred.float().reshape(bs, self.horizon, -1, self.vocab, L).permute(0, 3, 1, 2, 4)
+        return pred.float().reshape(bs, self.horizon, -1, self.n_values, L).permute(0, 3, 1, 2, 4)
 
     def loss(self, pred, *yb):
-        if self.vocab is None:
+        if self.n_values is None:
             tgt, w, _ = yb
             f = F.mse_loss if self.loss_kind == 'mse' else F.huber_loss
             err = f(pred.float().reshape(tgt.shape), tgt.float(), reduction='none') * w
@@ -166,15 +167,15 @@ class NextStepPretrain(PretextTask):
         return F.cross_entropy(self._logits(pred), tgt, ignore_index=IGNORE, reduction='sum') / n.clamp_min(1)
 
     def metrics(self):
-        if self.vocab is None:
+        if self.n_values is None:
             return [CountMetric(self._sq_err, 'next_mse'), CountMetric(self._repeat_sq_err, 'repeat_mse')]
         return [CountMetric(lambda p, t, c: self._topk(p, t, 1), 'next_acc'),
                 CountMetric(lambda p, t, c: self._topk(p, t, 3), 'top3_acc'),
-                CountMetric(self._repeat_correct, 'repeat_acc'), _ModeMetric(self.vocab)]
+                CountMetric(self._repeat_correct, 'repeat_acc'), _ModeMetric(self.n_values)]
 
     # metrics on the first horizon step (t+1)
     def _topk(self, pred, tgt, k):
-        top = self._logits(pred)[:, :, 0].topk(min(k, self.vocab), dim=1).indices  # (bs, k, C, L)
+        top = self._logits(pred)[:, :, 0].topk(min(k, self.n_values), dim=1).indices  # (bs, k, C, L)
         t = tgt[:, 0]
         keep = t != IGNORE
         return ((top == t[:, None]).any(1) & keep).sum(), keep.sum()

@@ -60,7 +60,7 @@ def main(argv=None):
     X = [rng.integers(0, 41, (1, L)).astype(np.uint8) for L in lens]
     n_val = max(2, a.n // 5)
     dls = get_ssl_dls(X, splits=(range(a.n - n_val), range(a.n - n_val, a.n)), bs=a.bs, batch_tfms=[TSStandardize()],
-                      input_vocab=41, seed=0, path=a.workdir)
+                      n_values=41, seed=0, path=a.workdir)
     task = {'masked': MaskedValuePretrain, 'next': NextStepPretrain, 'contrastive': ContrastivePretrain}[a.task]
     probe = Probe()
     learn = ts_learner(dls, ResNetPlus, cbs=[task(save_as='soak_bb'), Checkpoint('soak_ck'), probe], seed=0)

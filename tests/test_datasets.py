@@ -53,7 +53,7 @@ def test_synthetic_deterministic():
 
 
 def test_synthetic_options():
-    X, y = make_synthetic(30, n_classes=3, min_len=100, max_len=200, vocab=8, seed=1, labeled=False)
+    X, y = make_synthetic(30, n_classes=3, min_len=100, max_len=200, n_values=8, seed=1, labeled=False)
     assert y is None and len(X) == 30
     assert all(100 <= x.shape[1] <= 200 and x.max() <= 7 for x in X)
     _, y = make_synthetic(30, n_classes=3, min_len=100, max_len=200, seed=1)
@@ -61,7 +61,7 @@ def test_synthetic_options():
     with pytest.raises(ValueError):
         make_synthetic(10, min_len=10)
     with pytest.raises(ValueError):
-        make_synthetic(10, vocab=300)
+        make_synthetic(10, n_values=300)
 
 
 def test_synthetic_split_independent(synth_split):

@@ -3,23 +3,50 @@
     learn = ts_learner(get_ssl_dls(X_unlabeled), ResNetPlus, cbs=MaskedValuePretrain(save_as='ssl'))
     learn.fit_one_cycle(10, 1e-3)
     clf = ts_learner(get_ssl_dls(X, y, splits=splits), ResNetPlus, metrics=accuracy)
-    clf.load('ssl', strict=False)
+    clf.load('ssl', strict=False, with_opt=False)
     clf.fit_one_cycle(10, 1e-3)
-"""
-__version__ = '0.1.0'
 
+The package imports lazily (PEP 562): ``import tsai_ssl`` loads nothing heavy, and a name is imported from its
+module, with torch, fastai and tsai, on first use. So the ``tsai-ssl`` command answers ``--help`` and input errors
+without waiting for them.
+"""
+from __future__ import annotations
+
+import importlib
 import warnings
 
-with warnings.catch_warnings():
-    # tsai's model modules call the deprecated torch.jit.script at import: keep `import tsai_ssl` silent
-    warnings.simplefilter('ignore', FutureWarning)
-    from .data import RaggedStore, SSLDataLoaders, batch_pad_mask, get_ssl_dls, validate_series
+__version__ = '0.1.0'
 
-from .backbone import Backbone, causal, check_causal, lookahead, masked_max, masked_mean, split_backbone
-from .masking import span_mask
-from .padding import IgnorePadding, PaddingAware, padding_aware
-from .checkpoint import Checkpoint
-from .memory import MemorySaver, checkpoint_blocks, find_blocks
-from .embed import LinearProbe, get_embeddings, linear_probe
-from .tasks import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, PretextModel, PretextTask, TS2VecPretrain
-from .transfer import TransferReport, load_pretrained, save_backbone
+# public name -> module (relative to this package) that defines it
+_NAMES = {
+    'RaggedStore': 'data', 'SSLDataLoaders': 'data', 'batch_pad_mask': 'data', 'get_ssl_dls': 'data',
+    'validate_series': 'data',
+    'Backbone': 'backbone', 'causal': 'backbone', 'check_causal': 'backbone', 'lookahead': 'backbone',
+    'masked_max': 'backbone', 'masked_mean': 'backbone', 'split_backbone': 'backbone',
+    'span_mask': 'masking',
+    'IgnorePadding': 'padding', 'PaddingAware': 'padding', 'padding_aware': 'padding',
+    'Checkpoint': 'checkpoint',
+    'MemorySaver': 'memory', 'checkpoint_blocks': 'memory', 'find_blocks': 'memory',
+    'LinearProbe': 'embed', 'get_embeddings': 'embed', 'linear_probe': 'embed',
+    'ContrastivePretrain': 'tasks', 'MaskedValuePretrain': 'tasks', 'NextStepPretrain': 'tasks',
+    'PretextModel': 'tasks', 'PretextTask': 'tasks', 'TS2VecPretrain': 'tasks',
+    'TransferReport': 'transfer', 'load_pretrained': 'transfer', 'save_backbone': 'transfer',
+    'InputError': 'errors', 'RunConfig': 'config',
+}
+
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str):
+    module = _NAMES.get(name)
+    if module is None: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    with warnings.catch_warnings():
+        # tsai's model modules call the deprecated torch.jit.script at import: keep the first use silent
+        warnings.simplefilter('ignore', FutureWarning)
+        value = getattr(importlib.import_module(f'.{module}', __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

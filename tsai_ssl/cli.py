@@ -1,14 +1,16 @@
-"""The ``tsai-ssl`` command: does self-supervised pretraining help my classifier, and at which amount of labels?
+"""The tsai-ssl command: does self-supervised pretraining help my classifier, and at which amount of labels?
 
-    tsai-ssl demo                                   # the whole comparison on the embedded synthetic data (< 5 min on 2 CPU cores)
-    tsai-ssl compare data.npz --tasks masked,next --fractions 1%,5%,100% --seeds 3 --out runs/mine
-    tsai-ssl compare --ucr GunPoint --epochs 20
-    tsai-ssl pretrain data.npz --task masked --out models/ssl_masked.pth
-    tsai-ssl finetune data.npz --weights models/ssl_masked.pth --fraction 5% --export clf.pkl
+  tsai-ssl demo                      # the whole comparison on built-in data
+  tsai-ssl compare data.npz --tasks masked,next --fractions 1%,5%,100%
+  tsai-ssl compare --ucr GunPoint --epochs 20
+  tsai-ssl pretrain data.npz --task masked --out models/ssl_masked.pth
+  tsai-ssl finetune data.npz --weights models/ssl_masked.pth --fraction 5%
+  tsai-ssl tasks                     # the pretext tasks and their options
 
-Input errors (missing file, wrong keys, labels of the wrong length, a fraction that leaves a class without a
-label, an unknown architecture or task, ...) print one message on stderr and exit with status 2.
-Set ``TSAI_SSL_DEBUG=1`` to see tracebacks.
+Input errors (a missing file, wrong keys, labels of the wrong length, a fraction that leaves a class without a
+label, NaN inside a series, an unknown architecture or task, ...) print one line on stderr and exit with status
+2. Anything else is a bug: it prints its traceback and exits with status 1. Set TSAI_SSL_DEBUG=1 to get the
+traceback of input errors too.
 """
 from __future__ import annotations
 
@@ -17,19 +19,27 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
+import traceback
 import warnings
 from pathlib import Path
 
-from . import experiment as E
+from . import __version__
+from . import experiment as E  # numpy only at import: torch, fastai and tsai load when training starts
+from .errors import InputError
 
 __all__ = ['main', 'build_parser']
 
 PROG = 'tsai-ssl'
 DATA_HELP = ("DATA: an .npz file with X ((N, C, L) array, (N, L) array, or an object array of variable-length "
              "(L,) / (C, L) series), y (N labels; -1 = unlabeled, used for pretraining only) and optionally split "
-             "(per series 'train'/'test' or 0/1) or X_test + y_test. Without a split, a stratified --test-size share of "
-             "the labeled series is held out for testing.")
+             "(per series 'train'/'test' or 0/1) or X_test + y_test. Trailing steps where every channel is NaN are "
+             "padding; any other NaN is an error. Without a split, a stratified --test-size share of the labeled "
+             "series is held out for testing.")
+N_VALUES_HELP = ("value range of the series: N when the values are the integers 0..N-1 (categorical pretext targets), "
+                 "0 or none for continuous targets, auto to decide from the data (integers 0..40 give 41; data that "
+                 "is almost but not quite such integers is an error saying where)")
 
 # demo settings: chosen so `tsai-ssl demo` finishes within 5 minutes on 2 CPU cores (see README)
 DEMO = dict(n_train=128, n_test=100, series_len=(512, 1024), max_len=512, bs=16, pretrain_epochs=8,
@@ -37,15 +47,27 @@ DEMO = dict(n_train=128, n_test=100, series_len=(512, 1024), max_len=512, bs=16,
             arch_config='{"nf": 32}', out='runs/demo')
 
 
-class UsageError(Exception):
+class UsageError(InputError):
     "Bad command-line input (exit status 2)."
 
 
 # ----------------------------------------------------------------------------------------------------
 # Parsing
 # ----------------------------------------------------------------------------------------------------
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    "Shows an option's default unless it is empty or its help already says what the default is."
+class _Formatter(argparse.HelpFormatter):
+    """Plain help wrapped to the terminal: description paragraphs are re-wrapped, indented lines (examples) kept
+    as they are; an option's default is shown unless it is empty or the help already says it."""
+
+    def _fill_text(self, text, width, indent):
+        out = []
+        for para in textwrap.dedent(text).strip('\n').split('\n\n'):
+            lines = para.split('\n')
+            if all(line.startswith(' ') for line in lines if line):
+                out.append('\n'.join(indent + line for line in lines))  # examples: one command per line
+            else:
+                out.append(textwrap.fill(' '.join(para.split()), width, initial_indent=indent, subsequent_indent=indent))
+        return '\n\n'.join(out)
+
     def _get_help_string(self, action):
         h = action.help or ''
         d = action.default
@@ -65,7 +87,7 @@ def _parse_fractions(text: str) -> tuple[float, ...]:
             raise UsageError(f'--fractions: {tok} is above 1; write {tok}% for a percentage or a fraction like 0.05')
         out.append(f)
     try: return E.check_fractions(out)
-    except E.ExperimentError as e: raise UsageError(f'--fractions: {e}') from None
+    except InputError as e: raise UsageError(f'--fractions: {e}') from None
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
@@ -79,12 +101,14 @@ def _parse_seeds(text: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(vals))
 
 
-def _parse_tasks(text: str) -> list[str]:
-    toks = [t for t in str(text).replace(' ', ',').split(',') if t]
-    if not toks: raise UsageError('--tasks: no task given')
-    if [t.lower() for t in toks] == ['all']: return list(E.TASKS)
-    try: return list(dict.fromkeys(E.normalize_task(t) for t in toks))
-    except E.ExperimentError as e: raise UsageError(str(e)) from None
+def _parse_n_values(text) -> int | None | str:
+    t = str(text).strip().lower()
+    if t == 'auto': return 'auto'
+    if t in ('0', 'none'): return None
+    try: n = int(t)
+    except ValueError: n = -1
+    if n < 2: raise UsageError(f'--n-values {text!r}: give N >= 2 (values 0..N-1), 0 or none (continuous), or auto')
+    return n
 
 
 def _add_data_args(p: argparse.ArgumentParser, synthetic_defaults: dict | None = None):
@@ -107,9 +131,9 @@ def _add_synthetic_args(p, d):
     g.add_argument('--data-seed', type=int, default=0, help='seed of the generated data')
 
 
-def _add_train_args(p, d: dict, epochs_help: str):
+def _add_train_args(p, d: dict, epochs_help: str, arch_help: str = 'classifier', n_values: bool = True):
     g = p.add_argument_group('training')
-    g.add_argument('--arch', default='ResNetPlus', help=f"classifier: {', '.join(E.ARCHS)}")
+    g.add_argument('--arch', default=None, help=f"{arch_help}: {', '.join(E.ARCHS)}")
     g.add_argument('--arch-config', default=d.get('arch_config'), metavar='JSON',
                    help='keyword arguments of the architecture as JSON, e.g. \'{"nf": 32}\' (same for every fit)')
     g.add_argument('--epochs', type=int, default=None, help=epochs_help)
@@ -117,6 +141,8 @@ def _add_train_args(p, d: dict, epochs_help: str):
     g.add_argument('--bs', type=int, default=d.get('bs', 64), help='batch size')
     g.add_argument('--max-len', type=int, default=d.get('max_len'),
                    help='training crop: longer series are cut to a random window of this length (test: full length)')
+    if n_values:
+        g.add_argument('--n-values', default='auto', metavar='N', help=N_VALUES_HELP)
     g.add_argument('--device', default='auto', help='cpu, cuda or auto (cuda runs in mixed precision)')
     g.add_argument('--threads', type=int, default=0,
                    help='CPU threads for torch; 0: one per core, fewer when other jobs keep cores busy')
@@ -124,14 +150,15 @@ def _add_train_args(p, d: dict, epochs_help: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--version', action='version', version=f'%(prog)s {_version()}')
+    "The argument parser of the tsai-ssl command (builds no model and imports no torch)."
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=_Formatter)
+    p.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
 
     def comparison_args(sp, d):
         g = sp.add_argument_group('comparison')
         g.add_argument('--tasks', default=None,
-                       help=f"comma-separated pretext tasks: {', '.join(E.TASKS)} or all (default: every available task)")
+                       help='comma-separated pretext tasks, or all (default: every task; for the names run: tsai-ssl tasks)')
         g.add_argument('--fractions', default=d.get('fractions'),
                        help='labeled fractions of the training series, e.g. 1%%,5%%,100%% or 0.01,0.05,1 ' + (
                             '(default: %(default)s)' if d.get('fractions') else
@@ -152,63 +179,68 @@ def build_parser() -> argparse.ArgumentParser:
                         'several seeds, and evaluate on the test split. Prints a table and a sentence; writes JSON, CSV '
                         'and a PNG.\n\n' + DATA_HELP)
     _add_data_args(sp)
-    _add_train_args(sp, {}, 'pretraining and fine-tuning epochs (default 10)')
+    _add_train_args(sp, {}, 'pretraining and fine-tuning epochs (default 10)', 'classifier (default ResNetPlus)')
     comparison_args(sp, {})
 
     sp = sub.add_parser('demo', formatter_class=_Formatter, help='compare on the embedded synthetic data (< 5 min on 2 CPUs)',
-                        description='Runs `compare` on the embedded synthetic data set with small settings that finish '
-                        'within about 5 minutes on 2 CPU cores. Every option of `compare` can be changed.')
+                        description='Runs compare on the embedded synthetic data set with small settings that finish '
+                        'within about 5 minutes on 2 CPU cores. Every option of compare can be changed.')
     _add_synthetic_args(sp, DEMO)
-    _add_train_args(sp, DEMO, f"pretraining and fine-tuning epochs (default {DEMO['pretrain_epochs']})")
+    _add_train_args(sp, DEMO, f"pretraining and fine-tuning epochs (default {DEMO['pretrain_epochs']})",
+                    'classifier (default ResNetPlus)')
     comparison_args(sp, DEMO)
 
     sp = sub.add_parser('pretrain', formatter_class=_Formatter, help='pretrain one task and write the backbone weights',
                         description='Pretrain one pretext task on the training series of DATA (labels are ignored; '
-                        'test series are left out) and write a .pth file that learn.load(name, strict=False), '
-                        "ts_learner(..., pretrained=True, weights_path=...) and load_pretrained accept.\n\n" + DATA_HELP)
+                        'test series are left out) and write a .pth file that learn.load(name, strict=False, '
+                        'with_opt=False), ts_learner(..., pretrained=True, weights_path=...) and load_pretrained accept. '
+                        'A .json file next to it records the task, the architecture and its config (finetune reads '
+                        'them).\n\n' + DATA_HELP)
     _add_data_args(sp)
-    _add_train_args(sp, {}, 'pretraining epochs (default 10)')
-    sp.add_argument('--task', default='masked', help=f"pretext task: {', '.join(E.TASKS)}")
+    _add_train_args(sp, {}, 'pretraining epochs (default 10)', 'classifier (default ResNetPlus)')
+    sp.add_argument('--task', default='masked', help='pretext task (for the names run: tsai-ssl tasks)')
     sp.add_argument('--seed', type=int, default=0)
     sp.add_argument('--out', default=None, help='weights file (default models/ssl_<task>_<arch>.pth)')
 
     sp = sub.add_parser('finetune', formatter_class=_Formatter, help='fine-tune a classifier on a label fraction, print test accuracy',
                         description='Train the classifier on a stratified label fraction of the training series of DATA, '
                         'from pretrained weights (--weights, loaded and checked with load_pretrained) or from scratch, '
-                        'and print its accuracy on the test series.\n\n' + DATA_HELP)
+                        'and print its accuracy on the test series. With --weights, the architecture and its config '
+                        'recorded by pretrain are used unless --arch / --arch-config are given (they must then '
+                        'match).\n\n' + DATA_HELP)
     _add_data_args(sp)
-    _add_train_args(sp, {}, 'fine-tuning epochs (default 10)')
-    sp.add_argument('--weights', default=None, help='pretrained .pth file (from `tsai-ssl pretrain`); none = from scratch')
+    _add_train_args(sp, {}, 'fine-tuning epochs (default 10)',
+                    'classifier (default: the one recorded with --weights, else ResNetPlus)', n_values=False)
+    sp.add_argument('--weights', default=None, help='pretrained .pth file (from tsai-ssl pretrain); none = from scratch')
     sp.add_argument('--fraction', default='100%', help='labeled fraction of the training series, e.g. 5%% or 0.05')
     sp.add_argument('--seed', type=int, default=0)
     sp.add_argument('--export', default=None, metavar='PKL', help='write the trained classifier with learn.export')
+
+    sub.add_parser('tasks', formatter_class=_Formatter, help='list the pretext tasks: names, aliases, labels, options',
+                   description='Lists every registered pretext task with its aliases, its label in tables and the '
+                   'options its callback accepts (with their defaults).')
     return p
 
 
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-        return version('tsai-ssl')
-    except Exception:
-        return 'unknown'
-
-
 # ----------------------------------------------------------------------------------------------------
-# Commands
+# Checks (numpy only: they answer before torch is imported)
 # ----------------------------------------------------------------------------------------------------
 def _say(args, *msg):
     if not getattr(args, 'quiet', False): print(*msg, file=sys.stderr, flush=True)
 
 
+def _parse_arch_config(text):
+    if text is None or isinstance(text, dict): return text or None
+    try: cfg = json.loads(text)
+    except ValueError as e: raise UsageError(f'--arch-config {text!r} is not valid JSON ({e})') from None
+    if not isinstance(cfg, dict): raise UsageError(f'--arch-config must be a JSON object like {{"nf": 32}}, got {text!r}')
+    return cfg or None
+
+
 def _check_common(args):
-    "Input checks that need no torch: architecture, sizes, files."
-    args.arch = E.normalize_arch(args.arch)
-    cfg = getattr(args, 'arch_config', None)
-    if isinstance(cfg, str):
-        try: cfg = json.loads(cfg)
-        except ValueError as e: raise UsageError(f'--arch-config {cfg!r} is not valid JSON ({e})') from None
-        if not isinstance(cfg, dict): raise UsageError(f'--arch-config must be a JSON object like {{"nf": 32}}, got {cfg!r}')
-    args.arch_config = cfg or None
+    "Input checks that need no torch: architecture, sizes, devices."
+    if args.arch is not None: args.arch = E.normalize_arch(args.arch)
+    args.arch_config = _parse_arch_config(args.arch_config)
     if getattr(args, 'finetune_min_steps', 0) < 0: raise UsageError('--finetune-min-steps must be >= 0')
     if args.threads < 0: raise UsageError(f'--threads must be >= 0, got {args.threads}')
     for name in ('epochs', 'pretrain_epochs', 'finetune_epochs'):
@@ -219,6 +251,7 @@ def _check_common(args):
     if not args.lr > 0: raise UsageError(f'--lr must be positive, got {args.lr}')
     if args.device.strip().lower() not in ('auto', 'cpu') and not args.device.strip().lower().startswith('cuda'):
         raise UsageError(f'--device {args.device!r}: use cpu, cuda or auto')
+    if hasattr(args, 'n_values'): args.n_values = _parse_n_values(args.n_values)
 
 
 def _load_data(args, synthetic: bool = False) -> E.SplitData:
@@ -237,36 +270,31 @@ def _load_data(args, synthetic: bool = False) -> E.SplitData:
 
 
 def _check_series(data: E.SplitData, min_len: int = 8):
-    import numpy as np
-    for name, lst in (('training', data.X_train), ('test', data.X_test), ('unlabeled', data.X_unlabeled)):
-        for i, x in enumerate(lst):
-            if x.shape[-1] < min_len:
-                raise E.ExperimentError(f'{name} series {i} has length {x.shape[-1]}: series need at least {min_len} steps')
-            if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
-                raise E.ExperimentError(f'{name} series {i} has NaN or infinite values (NaN is allowed only as trailing padding)')
+    "Every part of the data by the shared rules, each series named by its index in the user's file."
+    for part, lst in (('train', data.X_train), ('test', data.X_test), ('unlabeled', data.X_unlabeled)):
+        if lst: E.check_series(lst, min_len=min_len, name=data.name(part))
 
 
-def _resolve_tasks(args) -> list[str]:
-    if args.tasks is None:
-        tasks = E.available_tasks()
-        missing = [t for t in E.TASKS if t not in tasks]
-        if missing: _say(args, f"note: task(s) {', '.join(missing)} not available in this installation: skipped")
-        if not tasks: raise UsageError('no pretext task is available in this installation')
-        return tasks
-    tasks = _parse_tasks(args.tasks)
-    for t in tasks:
-        if not E.task_available(t): E.get_task(t)  # raises "task X is not available"
-    return tasks
+def _resolve_n_values(args, data: E.SplitData) -> int | None:
+    "--n-values for the pretraining series: checked when given, inferred (with a clear refusal if ambiguous) on auto."
+    X, name = data.X_pretrain, data.name('pretrain')
+    if args.n_values == 'auto':
+        return E.infer_n_values(X, name=name, require='--n-values 41', continuous='--n-values 0')
+    if args.n_values is not None:
+        try: E.check_series(X, n_values=args.n_values, name=name)
+        except InputError as e:
+            raise UsageError(f'{e} Pass --n-values 0 for continuous targets, or a larger N.') from None
+    return args.n_values
 
 
 def _resolve_fractions(args, y) -> tuple[float, ...]:
     import numpy as np
     if args.fractions is None:
         fr = E.DEFAULT_FRACTIONS
-        keep = tuple(f for f in fr if E._n_labels(len(y), f) >= len(np.unique(y)))
+        keep = tuple(f for f in fr if E.n_labels(len(y), f) >= len(np.unique(y)))
         dropped = [f for f in fr if f not in keep]
         if dropped:
-            _say(args, f"note: leaving out fraction(s) {', '.join(E._fmt_frac(f) for f in dropped)}: too few labels "
+            _say(args, f"note: leaving out fraction(s) {', '.join(E.fmt_frac(f) for f in dropped)}: too few labels "
                        f"for {len(np.unique(y))} classes among {len(y)} labeled training series")
         return keep
     fr = _parse_fractions(args.fractions)
@@ -274,11 +302,34 @@ def _resolve_fractions(args, y) -> tuple[float, ...]:
     return fr
 
 
+def _resolve_tasks(args) -> list[str]:
+    "Task names from --tasks (imports the task registry, and with it torch: after the cheap checks)."
+    from .runs import _registry
+    reg = _registry()
+    if args.tasks is None: return reg.task_names()
+    toks = [t for t in str(args.tasks).replace(' ', ',').split(',') if t]
+    if not toks: raise UsageError('--tasks: no task given')
+    if [t.lower() for t in toks] == ['all']: return reg.task_names()
+    return list(dict.fromkeys(reg.get_task(t).name for t in toks))
+
+
 def _epochs(args, which: str, default: int) -> int:
     v = getattr(args, f'{which}_epochs', None)
     return v if v is not None else args.epochs if args.epochs is not None else default
 
 
+def _run_config(args, n_values, **kw) -> E.RunConfig:
+    return E.RunConfig(arch=args.arch or 'ResNetPlus', arch_config=args.arch_config, lr=args.lr, bs=args.bs,
+                       max_len=args.max_len, device=args.device, n_values=n_values, verbose=not args.quiet, **kw)
+
+
+def _arch_text(cfg: E.RunConfig) -> str:
+    return cfg.arch_name + (f' {json.dumps(cfg.arch_config)}' if cfg.arch_config else '')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------
 def cmd_compare(args, demo: bool = False) -> int:
     t_start = time.time()
     if demo:  # before anything else: what the embedded data set is
@@ -288,58 +339,60 @@ def cmd_compare(args, demo: bool = False) -> int:
     _check_common(args)
     seeds = _parse_seeds(args.seeds)
     if args.fractions is not None: _parse_fractions(args.fractions)  # syntax errors before loading data
-    tasks = _resolve_tasks(args)
     if not demo:
         data = _load_data(args)
         _say(args, E.describe_data(data))
     for n in data.notes: _say(args, f'note: {n}')
     _check_series(data)
+    n_values = _resolve_n_values(args, data)
     fractions = _resolve_fractions(args, data.y_train)
     if not fractions: raise UsageError('no label fraction leaves every class with a label: pass --fractions')
     default_ep = DEMO['pretrain_epochs'] if demo else 10
     pe, fe = _epochs(args, 'pretrain', default_ep), _epochs(args, 'finetune', DEMO['finetune_epochs'] if demo else 10)
+    cfg = _run_config(args, n_values, pretrain_epochs=pe, finetune_epochs=fe, finetune_min_steps=args.finetune_min_steps)
+    cfg = cfg.replace(verbose=False)  # the comparison shows one progress bar, not a line per epoch
+    tasks = _resolve_tasks(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    arch_txt = args.arch + (f' {json.dumps(args.arch_config)}' if args.arch_config else '')
-    _say(args, f"{'demo' if demo else 'compare'}: {arch_txt}, tasks {', '.join(tasks)}; fractions "
-               f"{', '.join(E._fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); {pe} pretraining + {fe} fine-tuning "
+    targets = f'{n_values}-way targets' if n_values else 'continuous targets'
+    _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets}); fractions "
+               f"{', '.join(E.fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); {pe} pretraining + {fe} fine-tuning "
                f"epochs" + (f' (at least {args.finetune_min_steps} steps)' if args.finetune_min_steps else '')
                + f"; lr {args.lr:g}, bs {args.bs}" + (f', training crop {args.max_len}' if args.max_len else ''))
 
     _quiet_libraries(args)
     import torch
     dev = E.resolve_device(args.device)
+    classes = _classes(data.y_train)
     config = dict(command='demo' if demo else 'compare', data=data.source, n_train=len(data.X_train),
-                  n_unlabeled=len(data.X_unlabeled), n_test=len(data.X_test), classes=_classes(data.y_train),
-                  arch=args.arch, arch_config=args.arch_config or {}, tasks=tasks, fractions=list(fractions), seeds=list(seeds), pretrain_epochs=pe,
-                  finetune_epochs=fe, finetune_min_steps=args.finetune_min_steps, lr=args.lr, bs=args.bs, max_len=args.max_len, device=str(dev),
-                  vocab=E.infer_vocab(data.X_pretrain), torch=torch.__version__, threads=torch.get_num_threads(),
+                  n_unlabeled=len(data.X_unlabeled), n_test=len(data.X_test), classes=classes, tasks=tasks,
+                  fractions=list(fractions), seeds=list(seeds), **cfg.to_dict())
+    config.update(device=str(dev), torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=f'{platform.machine()} {os.cpu_count()} cpus')
-
+    chance = 1 / len(classes)
     done: list[dict] = []
 
     def partial(row):  # keep what finished if the run is interrupted
         done.append(row)
-        try: E.save_results(done, out, dict(config, partial=True), plot=False)
-        except Exception as e: _say(args, f'note: could not write partial results ({type(e).__name__}: {e})')
+        try: E.save_results(done, out, dict(config, partial=True), plot=False, chance=chance)
+        except OSError as e: _say(args, f'note: could not write partial results ({type(e).__name__}: {e})')
 
-    rows = E.compare(data.X_train, data.y_train, data.X_test, data.y_test, X_unlabeled=data.X_unlabeled, tasks=tasks,
-                     fractions=fractions, seeds=seeds, arch=args.arch, pretrain_epochs=pe, finetune_epochs=fe, lr=args.lr,
-                     bs=args.bs, max_len=args.max_len, device=dev, workdir=out, progress=not args.quiet, on_result=partial,
-                     arch_config=args.arch_config, finetune_min_steps=args.finetune_min_steps)
+    rows = E.compare(data.X_train, data.y_train, data.X_test, data.y_test, X_unlabeled=data.X_unlabeled,
+                     config=cfg.replace(device=dev), tasks=tasks, fractions=fractions, seeds=seeds, workdir=out,
+                     progress=not args.quiet, on_result=partial)
     config['wall_seconds'] = round(time.time() - t_start, 1)
     n_seeds = len(seeds)
-    title = (f"{arch_txt} on {data.source.split(' (')[0]}: test accuracy vs labels "
+    title = (f"{_arch_text(cfg)} on {data.source.split(' (')[0]}: test accuracy vs labels "
              f"(mean ± std, {n_seeds} seed{'s' if n_seeds > 1 else ''})")
-    paths = E.save_results(rows, out, config, title=title, chance=1 / len(config['classes']))
-    table, sentence = E.summarize(rows)
+    paths = E.save_results(rows, out, config, title=title, chance=chance)
+    table, sentence = E.summarize(rows, chance=chance)
     print()
     print(table)
     print()
     print(sentence)
     print()
     print(f"wrote {paths['json']}, {paths['csv']}, {paths['summary_csv']}, {paths['png']} "
-          f"(wall time {E._hms(config['wall_seconds'])})")
+          f"(wall time {E.hms(config['wall_seconds'])})")
     return 0
 
 
@@ -350,27 +403,29 @@ def _classes(y) -> list:
 
 def cmd_pretrain(args) -> int:
     _check_common(args)
-    try: task = E.normalize_task(args.task)
-    except E.ExperimentError as e: raise UsageError(str(e)) from None
-    if not E.task_available(task): E.get_task(task)
-    out = Path(args.out) if args.out else Path('models') / f'ssl_{task}_{args.arch}.pth'
-    if out.suffix != '.pth': raise UsageError(f'--out {out}: the weights file name must end in .pth')
+    arch = args.arch or 'ResNetPlus'
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix != '.pth': raise UsageError(f'--out {out}: the weights file name must end in .pth')
     data = _load_data(args)
     _say(args, E.describe_data(data))
     for n in data.notes: _say(args, f'note: {n}')
     _check_series(data)
+    n_values = _resolve_n_values(args, data)
+    task = E.normalize_task(args.task)
+    out = out or Path('models') / f'ssl_{task}_{arch}.pth'
+    cfg = _run_config(args, n_values, pretrain_epochs=args.epochs or 10, seed=args.seed)
     X = data.X_pretrain
     _quiet_libraries(args)
-    epochs = args.epochs or 10
-    _say(args, f'pretraining {args.arch} with the {task} task on {len(X)} series (labels ignored), {epochs} epochs')
-    path, info = E.pretrain(X, task, args.arch, epochs=epochs, lr=args.lr, bs=args.bs, max_len=args.max_len,
-                            seed=args.seed, path=out, device=args.device, verbose=not args.quiet, return_info=True,
-                            arch_config=args.arch_config)
+    _say(args, f'pretraining {_arch_text(cfg)} with the {task} task on {len(X)} series (labels ignored), '
+               f'{cfg.pretrain_epochs} epochs')
+    path, info = E.pretrain(X, task, cfg, path=out, return_info=True)
     loss = info['best_valid_loss']
-    print(f'saved the pretrained {args.arch} backbone ({task} task' + (f', best validation loss {loss:.4g}' if loss is not None else '')
-          + f') to {path}')
-    print(f"load it into a {args.arch} classifier with clf.load({_load_name(path)!r}, strict=False) "
-          f"or tsai_ssl.load_pretrained(clf, {str(path)!r}), or run: tsai-ssl finetune DATA --weights {path} --arch {args.arch}")
+    print(f'saved the pretrained {_arch_text(cfg)} backbone ({task} task' + (f', best validation loss {loss:.4g}' if loss is not None else '')
+          + f') to {path}, its architecture and config to {path}.json')
+    kwargs = ''.join(f', {k}={v!r}' for k, v in (cfg.arch_config or {}).items())
+    print(f'load it into a classifier built the same way: clf = ts_learner(dls, {cfg.arch_name}{kwargs}); '
+          f'clf.load({_load_name(path)!r}, strict=False, with_opt=False) or tsai_ssl.load_pretrained(clf, {str(path)!r}); '
+          f'or run: tsai-ssl finetune DATA --weights {path} (it reads the architecture and config from {path}.json)')
     return 0
 
 
@@ -393,34 +448,64 @@ def _set_threads(args):
 
 
 def _load_name(path: Path) -> str:
-    """What fastai's ``learn.load`` takes for `path`: it reads ``learn.path/learn.model_dir/<name>.pth``, so a file in
+    """What fastai's learn.load takes for `path`: it reads learn.path/learn.model_dir/<name>.pth, so a file in
     ./models is just its stem (for a Learner with the default path and model_dir); anything else an absolute path."""
     p = path.absolute()
     if p.parent == Path.cwd().absolute() / 'models': return p.stem
     return str(p.with_suffix(''))
 
 
+def _arch_from_weights(args) -> None:
+    """--arch / --arch-config from the weights' sidecar when not given; `UsageError` when given and different."""
+    rec_arch, rec_cfg = E.recorded_arch(args.weights)
+    if rec_cfg is None:  # weights from elsewhere: load_pretrained still checks every tensor
+        args.arch = args.arch or 'ResNetPlus'
+        return
+    given = [f'--arch {args.arch}'] if args.arch is not None and args.arch != rec_arch else []
+    if args.arch_config is not None and args.arch_config != rec_cfg:
+        given.append(f"--arch-config '{json.dumps(args.arch_config)}'")
+    if given:
+        raise UsageError(f"{' and '.join(given)} conflict with {args.weights}, pretrained with {rec_arch} "
+                         f"{json.dumps(rec_cfg)}: leave them out to use the recorded architecture and config")
+    args.arch, args.arch_config = rec_arch, rec_cfg or None
+
+
 def cmd_finetune(args) -> int:
     _check_common(args)
     fr = _parse_fractions(args.fraction)
     if len(fr) != 1: raise UsageError('--fraction takes one value')
-    if args.weights is not None and not Path(args.weights).exists():
-        raise UsageError(f'weights file not found: {args.weights}')
+    if args.weights is not None:
+        if not Path(args.weights).exists(): raise UsageError(f'weights file not found: {args.weights}')
+        _arch_from_weights(args)
     data = _load_data(args)
     _say(args, E.describe_data(data))
     for n in data.notes: _say(args, f'note: {n}')
     _check_series(data)
     idx = E.label_subset(data.y_train, fr[0], args.seed)
+    cfg = _run_config(args, None, finetune_epochs=args.epochs or 10, seed=args.seed)
     _quiet_libraries(args)
-    epochs = args.epochs or 10
     src = f'pretrained weights {args.weights}' if args.weights else 'scratch'
-    _say(args, f'fine-tuning {args.arch} from {src} on {len(idx)} labeled series ({E._fmt_frac(fr[0])}), {epochs} epochs')
-    res = E.finetune([data.X_train[i] for i in idx], data.y_train[idx], data.X_test, data.y_test, arch=args.arch,
-                     weights=args.weights, epochs=epochs, lr=args.lr, bs=args.bs, max_len=args.max_len, seed=args.seed,
-                     device=args.device, export=args.export, verbose=not args.quiet, arch_config=args.arch_config)
-    print(f'test accuracy: {100 * res:.2f}% ({len(data.X_test)} test series; {args.arch} from {src}, '
+    _say(args, f'fine-tuning {_arch_text(cfg)} from {src} on {len(idx)} labeled series ({E.fmt_frac(fr[0])}), '
+               f'{cfg.finetune_epochs} epochs')
+    res = E.finetune([data.X_train[i] for i in idx], data.y_train[idx], data.X_test, data.y_test, cfg,
+                     weights=args.weights, export=args.export)
+    print(f'test accuracy: {100 * res:.2f}% ({len(data.X_test)} test series; {_arch_text(cfg)} from {src}, '
           f'{len(idx)} labeled series)')
     if args.export: print(f'exported the classifier to {Path(args.export).absolute()} (fastai.learner.load_learner)')
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    "Every registered task: name, aliases, label, options with defaults."
+    import inspect
+    from .runs import _registry
+    reg = _registry()
+    for name in reg.task_names():
+        cls = reg.get_task(name)
+        opts = ', '.join(k if v is inspect.Parameter.empty else f'{k}={v!r}' for k, v in reg.task_options(name).items())
+        aliases = ', '.join(cls.aliases) or '-'
+        print(f'{name}: {reg.task_label(name)} ({cls.__name__}); aliases: {aliases}')
+        print(textwrap.fill(f'options: {opts}', width=100, initial_indent='  ', subsequent_indent='    '))
     return 0
 
 
@@ -435,27 +520,25 @@ def _quiet_libraries(args=None):
 # ----------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------
+COMMANDS = dict(compare=cmd_compare, demo=lambda a: cmd_compare(a, demo=True), pretrain=cmd_pretrain,
+                finetune=cmd_finetune, tasks=cmd_tasks)
+
+
 def main(argv=None) -> int:
-    "Run the command line; returns the exit status (0 ok, 2 bad input, 1 other failure, 130 interrupted)."
+    "Run the command line; returns the exit status (0 ok, 2 bad input, 1 a failure (bug), 130 interrupted)."
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or argparse's own usage error (status 2, message already printed)
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
-        return code
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
     cmd = f'{PROG} {args.command}'
     debug = os.environ.get('TSAI_SSL_DEBUG', '') not in ('', '0')
     try:
-        if args.command == 'compare': return cmd_compare(args)
-        if args.command == 'demo': return cmd_compare(args, demo=True)
-        if args.command == 'pretrain': return cmd_pretrain(args)
-        if args.command == 'finetune': return cmd_finetune(args)
-        parser.print_help(sys.stderr)
-        return 2
-    except (UsageError, E.ExperimentError, ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+        return COMMANDS[args.command](args)
+    except InputError as e:  # the user's data or settings: one line, nothing to debug
         if debug: raise
         _newline_after_bar()
         print(f'{cmd}: error: {_one_line(e)}', file=sys.stderr)
@@ -464,16 +547,16 @@ def main(argv=None) -> int:
         _newline_after_bar()
         print(f'{cmd}: interrupted', file=sys.stderr)
         return 130
-    except Exception as e:  # an unexpected failure: one line, the traceback on request
-        if debug: raise
+    except Exception as e:  # anything else is a bug: the traceback says where
         _newline_after_bar()
-        print(f'{cmd}: failed: {type(e).__name__}: {_one_line(e)} (set TSAI_SSL_DEBUG=1 for the traceback)', file=sys.stderr)
+        traceback.print_exc()
+        print(f'{cmd}: failed: {type(e).__name__}: {_one_line(e)} (a bug, not your input: please report it with '
+              'the traceback above)', file=sys.stderr)
         return 1
 
 
 def _one_line(e: BaseException) -> str:
     msg = str(e).strip() or type(e).__name__
-    if isinstance(e, KeyError): msg = f'missing key {msg}'
     return ' '.join(msg.split())
 
 

@@ -22,7 +22,6 @@ A callback reads them with `batch_pad_mask(self.learn)` / `batch_raw_input(self.
 from __future__ import annotations
 
 import random
-from numbers import Integral
 from pathlib import Path
 from typing import Sequence
 
@@ -34,6 +33,8 @@ from fastai.losses import CrossEntropyLossFlat
 from fastai.torch_core import TensorCategory
 from fasttransform.transform import Pipeline
 from tsai.data.core import TSTensor
+
+from .series import as_series, check_series
 
 __all__ = ['RaggedStore', 'SeriesDataset', 'BucketedDL', 'SSLDataLoaders', 'get_ssl_dls', 'to_series_list',
            'validate_series', 'batch_pad_mask', 'batch_raw_input', 'batch_series_index']
@@ -87,84 +88,25 @@ def _is_store(X) -> bool: return isinstance(X, RaggedStore)
 def to_series_list(X) -> list[np.ndarray]:
     """Normalise user input into a list of ``(C, L_i)`` numpy arrays (views where possible, never clipped or cast).
 
-    Accepts an ``(N, C, L)`` array (trailing NaN = tsai-style padding, trimmed per series), a list of
-    ``(L,)`` / ``(C, L)`` arrays or tensors. Raises `ValueError` naming the offending sample.
+    Accepts an ``(N, C, L)`` array, a list of ``(L,)`` / ``(C, L)`` arrays or tensors, or a `RaggedStore`. Trailing
+    steps where every channel is NaN are tsai-style padding and are cut; any other NaN raises `InputError` naming
+    the series and step (the rules of `tsai_ssl.series`, shared with the experiment code and the CLI).
     """
-    if isinstance(X, torch.Tensor): X = X.detach().cpu().numpy()
-    if isinstance(X, np.ndarray) and X.dtype != object:
-        if X.ndim != 3:
-            hint = ' For one channel use X[:, None, :].' if X.ndim == 2 else ''
-            raise ValueError(f'Expected a 3-D array (N, C, L) or a list of series, got an array of shape {X.shape}.{hint}')
-        if len(X) == 0: raise ValueError('Empty data: no series given.')
-        if not np.issubdtype(X.dtype, np.floating) or not np.isnan(X).any(): return list(X)
-        return [_trim_nan_padding(x, i) for i, x in enumerate(X)]
     if _is_store(X): return [X[i] for i in range(len(X))]
-    if isinstance(X, (str, bytes)) or not hasattr(X, '__len__'):
-        raise ValueError(f'Expected an array (N, C, L) or a list of series, got {type(X).__name__}.')
-    if len(X) == 0: raise ValueError('Empty data: no series given.')
-    out = []
-    for i, x in enumerate(X):
-        if isinstance(x, torch.Tensor): x = x.detach().cpu().numpy()
-        x = np.asarray(x)
-        if x.ndim == 1: x = x[None]
-        if x.ndim != 2: raise ValueError(f'Series {i} has shape {x.shape}: expected (L,) or (C, L).')
-        out.append(x)
-    return out
-
-
-def _trim_nan_padding(x: np.ndarray, i: int) -> np.ndarray:
-    "tsai pads variable-length series with trailing NaN: keep the prefix, refuse NaN anywhere else."
-    nan_step = np.isnan(x).any(0)
-    real = np.flatnonzero(~nan_step)
-    n_real = int(real[-1]) + 1 if len(real) else 0
-    if nan_step[:n_real].any():
-        t = int(np.flatnonzero(nan_step[:n_real])[0])
-        raise ValueError(f'Series {i} has NaN at step {t}, inside the series (NaN is only allowed as trailing padding).')
-    return x[:, :n_real]
+    return as_series(X)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Validation
 # ----------------------------------------------------------------------------------------------------
-def _vocab_size(vocab) -> int | None:
-    if vocab is None: return None
-    if isinstance(vocab, Integral): return int(vocab)
-    v = np.asarray(vocab)
-    if not (np.issubdtype(v.dtype, np.integer) and np.array_equal(v, np.arange(len(v)))):
-        raise ValueError('vocab must be an int n (values 0..n-1) or range(n).')
-    return len(v)
+def validate_series(series: Sequence[np.ndarray], y=None, min_len: int = 1, n_values=None) -> None:
+    """Check a list of ``(C, L_i)`` series; raise `InputError` (a `ValueError`) naming the series, step and value.
 
-
-def validate_series(series: Sequence[np.ndarray], y=None, min_len: int = 1, vocab=None) -> None:
-    """Check a list of ``(C, L_i)`` series; raise `ValueError` naming the sample index and the bad value.
-
-    Refuses: empty data, non-finite values, series shorter than `min_len`, mismatched channel counts,
-    a label count different from the series count and, when `vocab` (n, meaning values 0..n-1) is
-    given, non-integer or out-of-range values. Nothing is clipped, cast or dropped.
+    Refuses: empty data, NaN or infinite values, series shorter than `min_len`, mismatched channel counts,
+    a label count different from the series count and, when `n_values` (n: values 0..n-1) is given,
+    non-integer or out-of-range values. Nothing is clipped, cast or dropped. See `tsai_ssl.series.check_series`.
     """
-    if len(series) == 0: raise ValueError('Empty data: no series given.')
-    n_vocab = _vocab_size(vocab)
-    c0 = series[0].shape[0]
-    for i, x in enumerate(series):
-        if x.shape[0] != c0:
-            raise ValueError(f'Series {i} has {x.shape[0]} channels but series 0 has {c0}: all series need the same channels.')
-        if x.shape[-1] < min_len:
-            raise ValueError(f'Series {i} has length {x.shape[-1]}, shorter than the minimum {min_len}.')
-        if x.dtype == bool or not np.issubdtype(x.dtype, np.number):
-            raise ValueError(f'Series {i} has dtype {x.dtype}: expected numbers.')
-        if np.issubdtype(x.dtype, np.floating):
-            bad = ~np.isfinite(x)
-            if bad.any():
-                c, t = map(int, np.argwhere(bad)[0])
-                raise ValueError(f'Series {i} has a non-finite value ({x[c, t]}) at channel {c}, step {t}.')
-        if n_vocab is not None:
-            bad = (x < 0) | (x >= n_vocab) | (x != np.round(x))
-            if bad.any():
-                c, t = map(int, np.argwhere(bad)[0])
-                raise ValueError(f'Series {i} has value {x[c, t]} at channel {c}, step {t}: '
-                                 f'the vocabulary is the integers 0..{n_vocab - 1}.')
-    if y is not None and len(y) != len(series):
-        raise ValueError(f'Got {len(y)} labels for {len(series)} series.')
+    check_series(series, y, min_len=min_len, n_values=n_values)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -341,9 +283,9 @@ class SSLDataLoaders(DataLoaders):
     "fastai `DataLoaders` with the attributes tsai's `ts_learner` reads (`vars`, `c`, `len`, `d`, `cat`) and a variable-length `test_dl`."
 
     def __init__(self, *loaders, path='.', device=None, c_in: int = 1, vocab=None, seq_len: int | None = None,
-                 min_len: int = 1, input_vocab=None):
+                 min_len: int = 1, n_values=None):
         super().__init__(*loaders, path=path, device=device)
-        self.vars, self.len, self.d, self.min_len, self.input_vocab = c_in, seq_len, None, min_len, input_vocab
+        self.vars, self.len, self.d, self.min_len, self.n_values = c_in, seq_len, None, min_len, n_values
         self.vocab = vocab
         self.c = len(vocab) if vocab is not None else 1  # unlabeled: a 1-output placeholder head (unused in pretraining)
         self.cat = vocab is not None
@@ -353,7 +295,7 @@ class SSLDataLoaders(DataLoaders):
         "Loaders without data but with the same vocabulary, channels and transforms (what `learn.export` keeps)."
         loaders = [dl.new(dl.dataset.new_empty()) for dl in self.loaders]
         return type(self)(*loaders, path=self.path, device=self.device, c_in=self.vars, vocab=self.vocab,
-                          seq_len=self.len, min_len=self.min_len, input_vocab=self.input_vocab)
+                          seq_len=self.len, min_len=self.min_len, n_values=self.n_values)
 
     def test_dl(self, test_items, with_labels: bool = False, y=None, bs: int | None = None, exact: bool = True,
                 **kwargs) -> BucketedDL:
@@ -366,7 +308,7 @@ class SSLDataLoaders(DataLoaders):
         ``exact=False`` pads length-sorted batches (faster; add `tsai_ssl.IgnorePadding` to the Learner to keep
         predictions independent of batching)."""
         series = to_series_list(test_items)
-        validate_series(series, y, min_len=self.min_len, vocab=self.input_vocab)
+        validate_series(series, y, min_len=self.min_len, n_values=self.n_values)
         if series[0].shape[0] != self.vars:
             raise ValueError(f'Test series have {series[0].shape[0]} channels, the model expects {self.vars}.')
         if with_labels and y is None: raise ValueError('with_labels=True needs y.')
@@ -385,7 +327,7 @@ def _encode_labels(y, vocab: CategoryMap | None) -> np.ndarray:
 
 
 def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None, batch_tfms=None,
-                max_len: int | None = None, min_len: int = 8, input_vocab=None, pad_value: float = 0.,
+                max_len: int | None = None, min_len: int = 8, n_values=None, pad_value: float = 0.,
                 bucket: bool = True, shuffle: bool = True, drop_last: bool = False, device=None,
                 path='.', num_workers: int = 0, seed: int | None = None) -> SSLDataLoaders:
     """Fastai DataLoaders over fixed- or variable-length series for pretraining (``y=None``) or fine-tuning.
@@ -397,14 +339,15 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
         batch_tfms: tsai/fastai batch transforms, e.g. ``TSStandardize()``; identical for both modes.
         max_len: training crop: longer series are cut to a random window of ``max_len`` (validation: full length).
         min_len: refuse series shorter than this (a CNN needs a few steps).
-        input_vocab: n (values 0..n-1) to check that inputs are exact integers in range (e.g. 41 for 0..40).
+        n_values: n (values 0..n-1) to check that inputs are exact integers in range (e.g. 41 for 0..40); the same
+            ``n_values`` the tasks take. (Class labels are ``y``; their categories become ``dls.vocab``, fastai's meaning.)
         bucket: group series of similar length into batches (little padding, much faster on varied lengths).
         seed: seeds the training order and crops, and torch's global generator (so a model built next is seeded too).
     """
     series = X if _is_store(X) else to_series_list(X)
     if len(series) == 0: raise ValueError('Empty data: no series given.')
     if y is not None: y = np.asarray(y)
-    validate_series(series if not _is_store(series) else _StoreChecker(series), y, min_len=min_len, vocab=input_vocab)
+    validate_series(series if not _is_store(series) else _StoreChecker(series), y, min_len=min_len, n_values=n_values)
     vocab = CategoryMap(y.tolist(), sort=True) if y is not None else None
     yy = _encode_labels(y, vocab) if y is not None else None
     ds = SeriesDataset(series, yy)
@@ -432,7 +375,7 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
     if seed is not None: train.rng = random.Random(seed)
     seq_len = max_len if max_len else int(max(train_ds.lengths))
     return SSLDataLoaders(train, valid, path=path, device=device, c_in=series[0].shape[0], vocab=vocab,
-                          seq_len=seq_len, min_len=min_len, input_vocab=input_vocab)
+                          seq_len=seq_len, min_len=min_len, n_values=n_values)
 
 
 class _StoreChecker:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .series import as_series, check_series
+
 # -----------------------------------------------------------------------------
 # synthetic integer sequences
 #
@@ -68,28 +70,28 @@ def _place(rng: np.random.Generator, lengths: np.ndarray, offsets: np.ndarray, e
 
 
 def make_synthetic(n: int = 600, n_classes: int = 4, min_len: int = 512, max_len: int = 30720,
-                   vocab: int = 41, seed: int = 0,
+                   n_values: int = 41, seed: int = 0,
                    labeled: bool = True) -> tuple[list[np.ndarray], np.ndarray | None]:
     """n one-channel integer series shaped like the user's data, with class-specific local motifs.
 
-    Returns (X, y): X is a list of n uint8 arrays of shape (1, L_i) with values in 0..vocab-1
+    Returns (X, y): X is a list of n uint8 arrays of shape (1, L_i) with values in 0..n_values-1
     and L_i log-uniform in [min_len, max_len]; y is int64 (n,) with balanced classes (counts
     differ by at most one). y is None when labeled=False; the series are generated the same way.
     """
-    return _synthetic(np.random.default_rng(seed), n, n_classes, min_len, max_len, vocab, labeled)
+    return _synthetic(np.random.default_rng(seed), n, n_classes, min_len, max_len, n_values, labeled)
 
 
 def make_synthetic_split(n_train: int = 600, n_test: int = 600, n_classes: int = 4,
-                         min_len: int = 512, max_len: int = 30720, vocab: int = 41,
+                         min_len: int = 512, max_len: int = 30720, n_values: int = 41,
                          seed: int = 0) -> tuple[list[np.ndarray], np.ndarray, list[np.ndarray], np.ndarray]:
     """(X_train, y_train, X_test, y_test) from two independent random streams of one seed."""
-    kw = dict(n_classes=n_classes, min_len=min_len, max_len=max_len, vocab=vocab, labeled=True)
+    kw = dict(n_classes=n_classes, min_len=min_len, max_len=max_len, n_values=n_values, labeled=True)
     X_train, y_train = _synthetic(np.random.default_rng([seed, 0]), n_train, **kw)
     X_test, y_test = _synthetic(np.random.default_rng([seed, 1]), n_test, **kw)
     return X_train, y_train, X_test, y_test
 
 
-def _synthetic(rng: np.random.Generator, n: int, n_classes: int, min_len: int, max_len: int, vocab: int,
+def _synthetic(rng: np.random.Generator, n: int, n_classes: int, min_len: int, max_len: int, n_values: int,
                labeled: bool) -> tuple[list[np.ndarray], np.ndarray | None]:
     if not 2 <= n_classes <= 16:
         raise ValueError(f"n_classes must be in 2..16, got {n_classes}")
@@ -97,8 +99,8 @@ def _synthetic(rng: np.random.Generator, n: int, n_classes: int, min_len: int, m
     max_motif = pieces * (_PIECE_LEN[1] - 1)
     if not max_motif <= min_len <= max_len:
         raise ValueError(f"need {max_motif} <= min_len <= max_len, got min_len={min_len}, max_len={max_len}")
-    if not 2 <= vocab <= 256:
-        raise ValueError(f"vocab must be in 2..256 (uint8), got {vocab}")
+    if not 2 <= n_values <= 256:
+        raise ValueError(f"n_values must be in 2..256 (uint8), got {n_values}")
 
     lengths = np.exp(rng.uniform(np.log(min_len), np.log(max_len + 1), n)).astype(np.int64)
     y = rng.permutation(np.arange(n) % n_classes)
@@ -135,7 +137,7 @@ def _synthetic(rng: np.random.Generator, n: int, n_classes: int, min_len: int, m
 
     rate += _paint(total, start, pieces * piece_len, motif)
 
-    x = np.minimum(rng.poisson(rate), vocab - 1).astype(np.uint8)
+    x = np.minimum(rng.poisson(rate), n_values - 1).astype(np.uint8)
     X = [s[None] for s in np.split(x, offsets[1:])]
     return X, (y.astype(np.int64) if labeled else None)
 
@@ -222,20 +224,11 @@ def load_ucr(name: str) -> UCRData:
 # quantization: real-valued series -> integer tokens 0..n_levels-1
 
 def _as_series(X: list[np.ndarray] | np.ndarray) -> list[np.ndarray]:
-    """View X (list of (C, L_i) arrays or an (N, C, L) array) as a list of (C, L) arrays,
-    checking shapes, channel counts and finiteness."""
-    if isinstance(X, np.ndarray) and X.ndim != 3:
-        raise ValueError(f"expected an (N, C, L) array or a list of (C, L) arrays, got an array of shape {X.shape}")
-    series = list(X)
-    if not series:
-        raise ValueError("no series given")
-    for i, x in enumerate(series):
-        if x.ndim != 2 or x.shape[0] != series[0].shape[0]:
-            raise ValueError(f"sample {i} has shape {x.shape}: expected (C, L) with C={series[0].shape[0]} like sample 0")
-        bad = ~np.isfinite(x)
-        if bad.any():
-            c, t = map(int, np.argwhere(bad)[0])
-            raise ValueError(f"sample {i} has a non-finite value ({x[c, t]}) at channel {c}, step {t}")
+    """X (list of (C, L_i) arrays or an (N, C, L) array) as a list of (C, L_i) arrays, by the shared rules of
+    `tsai_ssl.series`: trailing all-NaN steps are padding (cut), other NaN or inf is an `InputError` naming the
+    series and step, and every series needs the channels of the first."""
+    series = as_series(X)
+    check_series(series)
     return series
 
 
@@ -267,14 +260,15 @@ class Quantizer:
         return self
 
     def transform(self, X: list[np.ndarray] | np.ndarray) -> list[np.ndarray] | np.ndarray:
-        """Same structure as X (list in, list out; array in, array out), integer levels of self.dtype."""
+        """Same structure as X (list in, list out; array in, array out; a NaN-padded array gives a list of the
+        trimmed series), integer levels of self.dtype."""
         if self.edges is None:
             raise RuntimeError("Quantizer.transform called before fit")
         series = _as_series(X)
         if series[0].shape[0] != len(self.edges):
             raise ValueError(f"fitted on {len(self.edges)} channels, got {series[0].shape[0]}")
-        if isinstance(X, np.ndarray):
-            return self._levels(X)
+        if isinstance(X, np.ndarray) and all(x.shape[-1] == X.shape[-1] for x in series):
+            return self._levels(X)  # an array without NaN padding: an array back (padded arrays give the trimmed list)
         return [self._levels(x) for x in series]
 
     def _levels(self, x: np.ndarray) -> np.ndarray:

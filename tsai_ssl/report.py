@@ -1,0 +1,229 @@
+"""Reporting a comparison: per-method means over seeds, a text table, one plain sentence (the verdict), a plot,
+and the result files. Numpy at module level; matplotlib and the task registry (for table labels) on demand.
+
+    table, sentence = summarize(rows, chance=1 / n_classes)
+    save_results(rows, 'runs/mine', config, chance=1 / n_classes)   # results.json/.csv, summary.csv, accuracy.png
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .labels import fmt_frac
+from .runs import SCRATCH
+
+__all__ = ['aggregate', 'summarize', 'plot_results', 'save_results', 'method_label']
+
+CHANCE_MARGIN = 0.03  # a mean this close to chance (or within 2 std of it) counts as chance level
+
+
+def method_label(method: str) -> str:
+    "How tables and plots name a method: 'from scratch', or the task's label ('masked-value', ...)."
+    if method == SCRATCH: return 'from scratch'
+    from .runs import _registry
+    try: return _registry().task_label(method)
+    except InputError: return str(method)  # rows from a task this installation does not have
+
+
+def _methods(rows) -> list[str]:
+    seen = []
+    for r in rows:
+        if r.get('accuracy') is not None and r['method'] not in seen: seen.append(r['method'])
+    return ([SCRATCH] if SCRATCH in seen else []) + [m for m in seen if m != SCRATCH]
+
+
+def aggregate(rows: Sequence[dict]) -> list[dict]:
+    """Mean and (sample) std of the test accuracy per method and fraction, with the gain over training from
+    scratch in accuracy points (None for scratch or when scratch is missing). ``std`` is None for one seed."""
+    fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None]
+    out = []
+    fracs = sorted({r['fraction'] for r in fit_rows})
+    for m in _methods(fit_rows):
+        for f in fracs:
+            accs = np.array([r['accuracy'] for r in fit_rows if r['method'] == m and r['fraction'] == f], dtype=float)
+            if not len(accs): continue
+            nl = sorted({r['n_labeled'] for r in fit_rows if r['method'] == m and r['fraction'] == f})
+            out.append(dict(method=m, fraction=f, n_labeled=nl[0] if len(nl) == 1 else nl, n_seeds=len(accs),
+                            mean=float(accs.mean()), std=float(accs.std(ddof=1)) if len(accs) > 1 else None))
+    base = {a['fraction']: a for a in out if a['method'] == SCRATCH}
+    for a in out:
+        b = base.get(a['fraction'])
+        a['gain_points'] = None if a['method'] == SCRATCH or b is None else round(100 * (a['mean'] - b['mean']), 2)
+    return out
+
+
+def summarize(rows: Sequence[dict], threshold: float = 1.0, chance: float | None = None) -> tuple[str, str]:
+    """A text table (test accuracy %, mean ± std over seeds; rows = methods, columns = label fractions) and one
+    plain sentence: which pretraining helped at which fraction and by how much (a gain counts when the mean accuracy
+    is at least `threshold` points above training from scratch), whether gains are within the seed-to-seed noise,
+    and, with `chance` (1 / n_classes), whether every method is at chance level (the budget is too small)."""
+    agg = aggregate(rows)
+    if not agg: return '(no results)', 'No results to summarize.'
+    fracs = sorted({a['fraction'] for a in agg})
+    methods = _methods(rows)
+    labels = {m: method_label(m) for m in methods}
+    cell = {(a['method'], a['fraction']): a for a in agg}
+    n_seeds = max(a['n_seeds'] for a in agg)
+    heads = []
+    for f in fracs:
+        nl = cell.get((methods[0], f), {}).get('n_labeled', '?')
+        heads.append(f'{fmt_frac(f)} (n={nl})')
+
+    def fmt(a):
+        if a is None: return '-'
+        s = f"{100 * a['mean']:.1f}"
+        return s + (f" ± {100 * a['std']:.1f}" if a['std'] is not None else '')
+
+    w0 = max(len('labeled fraction'), *(len(labels[m]) for m in methods))
+    cells = [[fmt(cell.get((m, f))) for f in fracs] for m in methods]
+    ws = [max(len(h), *(len(c[j]) for c in cells)) for j, h in enumerate(heads)]
+    lines = [f"test accuracy (%), mean ± std over {n_seeds} seed{'s' if n_seeds > 1 else ''}",
+             'labeled fraction'.ljust(w0) + '  ' + '  '.join(h.rjust(w) for h, w in zip(heads, ws))]
+    lines.append('-' * len(lines[-1]))
+    for m, c in zip(methods, cells):
+        lines.append(labels[m].ljust(w0) + '  ' + '  '.join(v.rjust(w) for v, w in zip(c, ws)))
+    return '\n'.join(lines), _sentence(agg, fracs, threshold, n_seeds, labels, chance)
+
+
+def at_chance(a: dict, chance: float) -> bool:
+    "Whether a method's mean accuracy is within noise of chance: at most chance + max(2 std, 3 points)."
+    return a['mean'] <= chance + max(2 * (a['std'] or 0.), CHANCE_MARGIN)
+
+
+def _noise(agg, a) -> float | None:
+    "The seed-to-seed std (points) a gain is measured against: the larger of the method's and scratch's."
+    b = next((s for s in agg if s['method'] == SCRATCH and s['fraction'] == a['fraction']), None)
+    stds = [x['std'] for x in (a, b) if x is not None and x['std'] is not None]
+    return 100 * max(stds) if stds else None
+
+
+def _sentence(agg, fracs, threshold, n_seeds, labels, chance=None) -> str:
+    label = lambda m: labels.get(m, m)  # noqa: E731
+    tasks = [m for m in dict.fromkeys(a['method'] for a in agg) if m != SCRATCH]
+    seeds = f"{n_seeds} seed{'s' if n_seeds > 1 else ''}"
+    if chance is not None and all(at_chance(a, chance) for a in agg):
+        return (f'Every method is at chance level (1/n_classes = {100 * chance:.1f}%; best mean '
+                f"{100 * max(a['mean'] for a in agg):.1f}%): the training budget is too small to compare pretraining "
+                'with training from scratch; train longer (more epochs, --finetune-min-steps) or on more series.')
+    if not tasks: return 'Only training from scratch was run, so there is no pretraining to compare.'
+    if not any(a['method'] == SCRATCH for a in agg): return 'Training from scratch was not run, so gains cannot be measured.'
+    gains = [a for a in agg if a['gain_points'] is not None]
+    if not gains: return 'No labeled fraction has results both with pretraining and from scratch yet.'
+    helped = [a for a in gains if a['gain_points'] >= threshold]
+    if not helped:
+        best = max(gains, key=lambda a: a['gain_points'])
+        nz = _noise(agg, best)
+        within = ', within noise' if nz is not None and abs(best['gain_points']) <= nz else ''
+        return (f"No pretraining improved test accuracy over training from scratch by {threshold:g} point or more at any "
+                f"labeled fraction (closest: {label(best['method'])} at {fmt_frac(best['fraction'])} labels, "
+                f"{best['gain_points']:+.1f} points{within}; {seeds}).")
+    best = max(helped, key=lambda a: a['gain_points'])
+    nz = _noise(agg, best)
+    if nz is not None and best['gain_points'] <= nz:
+        return (f"No pretraining helped by more than the seed-to-seed noise: the largest gain, {label(best['method'])} at "
+                f"{fmt_frac(best['fraction'])} labels (+{best['gain_points']:.1f} points), is within noise (std up to "
+                f"{nz:.1f} points over {seeds}); run more seeds to tell.")
+    scratch = {a['fraction']: a['mean'] for a in agg if a['method'] == SCRATCH}
+    noise = ', more than the seed-to-seed std' if nz is not None else ''
+    parts = [f"{label(best['method'])} pretraining helped most at {fmt_frac(best['fraction'])} labels "
+             f"(+{best['gain_points']:.1f} accuracy points: {100 * best['mean']:.1f}% vs "
+             f"{100 * scratch[best['fraction']]:.1f}% from scratch{noise})"]
+    for t in tasks:
+        hs = [a for a in helped if a['method'] == t and a is not best]
+        if hs:
+            def gain(a):
+                n = _noise(agg, a)
+                return f"+{a['gain_points']:.1f}" + (', within noise' if n is not None and a['gain_points'] <= n else '')
+            where = _join([f"{fmt_frac(a['fraction'])} ({gain(a)})" for a in hs])
+            also = ' also' if t == best['method'] else ''
+            parts.append(f'{label(t)}{also} helped at {where}')
+        elif t != best['method']:
+            parts.append(f'{label(t)} did not help at any fraction')
+    measured = {a['fraction'] for a in gains}
+    not_helped = [f for f in fracs if f in measured and not any(a['fraction'] == f for a in helped)]
+    if not_helped:
+        worst = min((a for a in gains if a['fraction'] in not_helped), key=lambda a: a['gain_points'], default=None)
+        hurt = (f", where pretraining lowered accuracy by up to {-worst['gain_points']:.1f} points"
+                if worst is not None and worst['gain_points'] <= -threshold else '')
+        parts.append(f"no task helped at {_join([fmt_frac(f) for f in not_helped], 'or')}{hurt}")
+    return '; '.join(parts) + f' (mean test accuracy over {seeds}; a gain counts from {threshold:g} point).'
+
+
+def _join(items: list[str], word: str = 'and') -> str:
+    return items[0] if len(items) == 1 else ', '.join(items[:-1]) + f' {word} {items[-1]}'
+
+
+def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str | None = None,
+                 chance: float | None = None) -> Path:
+    """PNG of test accuracy vs labeled fraction (log x axis): one line per method, error bars = std over seeds;
+    `chance` (e.g. 1 / n_classes) adds a dotted reference line."""
+    from matplotlib.figure import Figure  # no pyplot: never changes a notebook's backend or opens a window
+    agg = aggregate(rows)
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
+    fracs = sorted({a['fraction'] for a in agg})
+    for k, m in enumerate(_methods(rows)):
+        pts = sorted((a for a in agg if a['method'] == m), key=lambda a: a['fraction'])
+        x = np.array([a['fraction'] for a in pts]) * (1 + 0.015 * (k - 1.5))  # small offsets: error bars stay visible
+        yv = [100 * a['mean'] for a in pts]
+        err = [100 * (a['std'] or 0) for a in pts]
+        ax.errorbar(x, yv, yerr=err, marker='o', capsize=3, lw=2 if m != SCRATCH else 1.5,
+                    ls='--' if m == SCRATCH else '-', color='0.35' if m == SCRATCH else None, label=method_label(m))
+    if chance is not None:
+        ax.axhline(100 * chance, color='0.6', ls=':', lw=1, label='chance')
+    if fracs:
+        ax.set_xscale('log')
+        ax.set_xticks(fracs); ax.set_xticklabels([fmt_frac(f) for f in fracs]); ax.minorticks_off()
+    ax.set_xlabel('labeled fraction of the training series')
+    ax.set_ylabel('test accuracy (%)')
+    n_seeds = max((a['n_seeds'] for a in agg), default=0)
+    ax.set_title(title or f"accuracy vs labels (mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=10)
+    ax.grid(alpha=0.3); ax.legend(fontsize=9)
+    fig.tight_layout()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def _csv_value(v):
+    if v is None: return ''
+    if isinstance(v, float): return f'{v:.6g}'
+    if isinstance(v, (list, tuple)): return ' '.join(map(str, v))
+    return v
+
+
+def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | None = None,
+                 plot: bool = True, title: str | None = None, chance: float | None = None) -> dict[str, Path]:
+    """Write ``results.json`` (config, every run, the aggregate, table and sentence), ``results.csv`` (one row per
+    run), ``summary.csv`` (mean/std/gain per method and fraction) and ``accuracy.png`` into folder `out`."""
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    table, sentence = summarize(rows, chance=chance)
+    agg = aggregate(rows)
+    paths = dict(json=out / 'results.json', csv=out / 'results.csv', summary_csv=out / 'summary.csv')
+    if plot: paths['png'] = out / 'accuracy.png'
+    doc = dict(config=config or {}, runs=list(rows), summary=agg, table=table, sentence=sentence,
+               files={k: str(v) for k, v in paths.items()})
+    paths['json'].write_text(json.dumps(doc, indent=1, default=_json_default))
+    keys = ['method', 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds', 'best_valid_loss', 'weights']
+    with open(paths['csv'], 'w', newline='') as fh:
+        w = csv.writer(fh); w.writerow(keys)
+        for r in rows: w.writerow([_csv_value(r.get(k)) for k in keys])
+    keys = ['method', 'fraction', 'n_labeled', 'n_seeds', 'mean', 'std', 'gain_points']
+    with open(paths['summary_csv'], 'w', newline='') as fh:
+        w = csv.writer(fh); w.writerow(keys)
+        for a in agg: w.writerow([_csv_value(a.get(k)) for k in keys])
+    if plot: plot_results(rows, paths['png'], title=title, chance=chance)
+    return paths
+
+
+def _json_default(o):
+    if isinstance(o, np.generic): return o.item()
+    if isinstance(o, np.ndarray): return o.tolist()
+    if isinstance(o, Path): return str(o)
+    return str(o)

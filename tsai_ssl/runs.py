@@ -1,0 +1,342 @@
+"""Running the experiment: pretrain one task, fine-tune (or train from scratch) and evaluate a classifier, and
+`compare` them over label fractions and seeds. Every fit takes its settings from one `RunConfig`.
+
+    cfg = RunConfig(pretrain_epochs=5, finetune_epochs=10, bs=32)
+    w = pretrain(X_unlabeled, 'masked', cfg)                 # -> models/ssl_masked_ResNetPlus.pth (+ .json sidecar)
+    acc = finetune(X, y, X_test, y_test, cfg, weights=w)     # the same architecture, loaded and verified
+    rows = compare(X, y, X_test, y_test, config=cfg, tasks=('masked', 'next'), fractions=(0.05, 1.0))
+
+Only numpy is imported at module level; torch, fastai, tsai and the task registry are imported by the functions
+that train, so checking inputs stays fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .config import RunConfig, get_arch, recorded_arch, resolve_device
+from .errors import InputError
+from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset
+from .progress import Progress, tick_callback
+from .series import as_series, infer_n_values
+
+__all__ = ['SCRATCH', 'normalize_task', 'pretrain', 'finetune', 'evaluate', 'epochs_for_steps', 'compare']
+
+SCRATCH = 'scratch'
+_STEPS_PER_BATCH = 2 ** 17  # cap on bs * length for full-length (uncropped) validation/test batches
+
+
+def _registry():
+    "The task registry (imports torch, fastai and every shipped task: only when a task is needed)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)  # tsai's model modules call the deprecated torch.jit.script
+        from .tasks import registry
+    return registry
+
+
+def normalize_task(name) -> str:
+    "Canonical name of a registered task (case-insensitive, aliases too); `InputError` listing the tasks."
+    return _registry().get_task(name).name
+
+
+def _config(config, overrides: dict, epochs_field: str) -> RunConfig:
+    """`config` (a RunConfig, None for the defaults, or an architecture name: the old positional `arch`) with
+    keyword overrides; ``epochs=`` means this stage's epochs."""
+    if config is None or isinstance(config, str) or isinstance(config, type):
+        overrides = dict(overrides, arch=config) if config is not None else dict(overrides)
+        config = RunConfig()
+    elif not isinstance(config, RunConfig):
+        raise InputError(f'config must be a RunConfig, got {type(config).__name__}')
+    overrides = dict(overrides)
+    if 'epochs' in overrides: overrides[epochs_field] = overrides.pop('epochs')
+    if 'min_steps' in overrides: overrides['finetune_min_steps'] = overrides.pop('min_steps')
+    return config.replace(**overrides) if overrides else config
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pieces of a fit
+# ----------------------------------------------------------------------------------------------------
+def _eval_bs(series: list, bs: int) -> int:
+    L = max(x.shape[-1] for x in series) if series else 1
+    return int(max(1, min(bs, _STEPS_PER_BATCH // max(L, 1))))
+
+
+def _drop_last(n: int, bs: int) -> bool:
+    "A last batch of one series breaks BatchNorm in training: drop it."
+    return n > bs and n % bs == 1
+
+
+def _quiet(learn):
+    "No fastai progress bars or tables (verbose fits log one line per epoch to stderr instead, see `tick_callback`)."
+    stack = contextlib.ExitStack()
+    stack.enter_context(learn.no_bar()); stack.enter_context(learn.no_logging())
+    return stack
+
+
+def _make_learner(dls, cfg: RunConfig, device, metrics=None, cbs=None):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', FutureWarning)
+        from tsai.learner import ts_learner
+        arch = get_arch(cfg.arch)
+    try:
+        learn = ts_learner(dls, arch, metrics=metrics, cbs=cbs, seed=cfg.seed, **(cfg.arch_config or {}))
+    except TypeError as e:
+        if cfg.arch_config and 'argument' in str(e):
+            raise InputError(f'{cfg.arch_name} does not accept arch_config {cfg.arch_config}: {e}') from None
+        raise
+    if device.type == 'cuda': learn.to_fp16()
+    return learn
+
+
+def _standardize():
+    from tsai.data.preprocessing import TSStandardize
+    return TSStandardize()
+
+
+def _units(series, max_len: int | None) -> float:
+    "Work units of one epoch over `series`: steps seen (after the training crop)."
+    L = np.array([x.shape[-1] for x in series])
+    return float(np.minimum(L, max_len).sum() if max_len else L.sum())
+
+
+def _eval_units(X_test) -> float:
+    return float(sum(x.shape[-1] for x in X_test)) / 3  # forward only: about a third of a training step
+
+
+def epochs_for_steps(n_labeled: int, epochs: int, bs: int, min_steps: int = 0) -> int:
+    "`epochs`, raised so that training takes at least `min_steps` optimizer steps (few labels: few batches per epoch)."
+    bs = min(bs, n_labeled)
+    per_epoch = n_labeled // bs if _drop_last(n_labeled, bs) else math.ceil(n_labeled / bs)
+    return max(epochs, math.ceil(min_steps / max(per_epoch, 1))) if min_steps else epochs
+
+
+def _record_arch(paths, cfg: RunConfig) -> None:
+    """Add the architecture and its config to each weights file's JSON sidecar (the task writes the sidecar with
+    the backbone's width only; fine-tuning needs the config to rebuild the same model)."""
+    for p in paths:
+        side = Path(p).with_name(Path(p).name + '.json')
+        try: meta = json.loads(side.read_text()) if side.exists() else {}
+        except ValueError: meta = {}
+        meta.update(arch=cfg.arch_name, arch_config=cfg.arch_config or {})
+        tmp = side.with_name(side.name + '.tmp')
+        tmp.write_text(json.dumps(meta, indent=1, default=str))
+        os.replace(tmp, side)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pretraining, fine-tuning, evaluation
+# ----------------------------------------------------------------------------------------------------
+def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: str | os.PathLike | None = None,
+             task_kwargs: dict | None = None, progress: Progress | None = None, return_info: bool = False,
+             **overrides):
+    """Pretrain ``config.arch`` with one pretext task on the series `X` (labels are not used) and write the backbone.
+
+    About ``config.valid_pct`` of the series (at least one, when there are 10 or more) are held out to keep the
+    epoch with the lowest validation loss. ``n_values='auto'``: 41 when all values are integers 0..40, None for
+    real values. Returns the path of the ``.pth`` file; its ``.json`` sidecar records the task, the architecture and
+    its config (`finetune` checks them). ``learn.load(name, strict=False, with_opt=False)`` and
+    `tsai_ssl.load_pretrained` accept the file. With ``return_info=True`` also a dict (valid loss, seconds).
+    ``task_kwargs``: options of the task (`tsai_ssl.tasks.registry.task_options`); an unknown one raises
+    `InputError` naming the accepted ones. Keyword `overrides` change fields of `config` (``epochs=`` is
+    ``pretrain_epochs``).
+    """
+    cfg = _config(config, overrides, 'pretrain_epochs')
+    reg = _registry()
+    Task = reg.get_task(task)
+    series = as_series(X, 'X')
+    n_values = infer_n_values(series) if cfg.n_values == 'auto' else cfg.n_values
+    path = Path(path) if path is not None else Path('models') / f'ssl_{Task.name}_{cfg.arch_name}.pth'
+    if not path.suffix: path = path.with_suffix('.pth')
+    opts = reg.task_options(Task)
+    kw = dict(task_kwargs or {})
+    if 'n_values' in opts: kw.setdefault('n_values', n_values)
+    kw.setdefault('save_as', str(path)); kw.setdefault('seed', cfg.seed)
+    cb = reg.make_task(Task, **kw)  # before any data work: a misspelt option fails here
+
+    import torch
+    from .data import get_ssl_dls
+    dev = resolve_device(cfg.device)
+    n = len(series)
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_val = max(1, int(round(cfg.valid_pct * n))) if n >= 10 and cfg.valid_pct > 0 else 0
+    splits = (np.sort(perm[n_val:]), np.sort(perm[:n_val]))
+    n_tr = n - n_val
+    dls = get_ssl_dls(series, splits=splits, bs=cfg.bs, val_bs=_eval_bs([series[i] for i in splits[1]] or series, cfg.bs),
+                      batch_tfms=_standardize(), max_len=cfg.max_len, n_values=n_values, seed=cfg.seed, device=dev,
+                      drop_last=_drop_last(n_tr, min(cfg.bs, n_tr)))
+    units = _units([series[i] for i in splits[0]], cfg.max_len) * float(getattr(Task, 'epoch_cost', 1.))
+    learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
+    if path.exists(): path.unlink()  # a stale file must not pass for this run's result
+    t0 = time.time()
+    with _quiet(learn):
+        learn.fit_one_cycle(cfg.pretrain_epochs, cfg.lr)
+    secs = time.time() - t0
+    if not path.exists():
+        raise InputError(f'pretraining {Task.name} produced no weights (the validation loss was never finite); '
+                         'try a lower learning rate')
+    _record_arch(getattr(cb, 'saved_paths', None) or [path], cfg)
+    best = getattr(cb, 'best', None)
+    info = dict(task=Task.name, arch=cfg.arch_name, arch_config=cfg.arch_config or {}, path=str(path),
+                epochs=cfg.pretrain_epochs, n_series=n, n_valid=n_val, n_values=n_values,
+                best_valid_loss=None if best is None or not math.isfinite(best) else float(best), seconds=round(secs, 2))
+    del learn
+    if dev.type == 'cuda': torch.cuda.empty_cache()
+    return (path, info) if return_info else path
+
+
+def _check_weights_arch(weights, cfg: RunConfig) -> None:
+    "`InputError` before any training when the weights were pretrained with another architecture or config."
+    arch, arch_config = recorded_arch(weights)
+    if arch_config is None: return  # nothing recorded: `load_pretrained` still verifies every tensor's shape
+    if arch != cfg.arch_name or arch_config != (cfg.arch_config or {}):
+        raise InputError(f'{weights} was pretrained with {arch} {json.dumps(arch_config)}, but this fine-tuning builds '
+                         f'{cfg.arch_name} {json.dumps(cfg.arch_config or {})}: use arch={arch!r}, '
+                         f'arch_config={arch_config} (the tsai-ssl command reads them from the weights when --arch and '
+                         f'--arch-config are not given)')
+
+
+def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, *,
+             weights: str | os.PathLike | None = None, export: str | os.PathLike | None = None,
+             progress: Progress | None = None, return_learner: bool = False, **overrides):
+    """Train the classifier ``config.arch`` on the labeled series (from scratch, or from pretrained backbone
+    `weights` loaded and verified with `load_pretrained`), then return its accuracy on the test series.
+
+    Weights pretrained with another architecture or ``arch_config`` than `config`'s are refused (`InputError`)
+    before training. No validation during training. ``export``: write the trained Learner with ``learn.export``
+    (load with ``fastai.learner.load_learner``; predict on new series of any length with
+    ``learn.dls.test_dl(series)``). ``return_learner=True`` returns ``(accuracy, learn)``. Keyword `overrides`
+    change fields of `config` (``epochs=`` is ``finetune_epochs``); the epochs are raised to at least
+    ``finetune_min_steps`` optimizer steps (see `epochs_for_steps`).
+    """
+    cfg = _config(config, overrides, 'finetune_epochs')
+    X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
+    y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
+    if len(y_tr) != len(X_tr): raise InputError(f'{len(y_tr)} training labels for {len(X_tr)} series')
+    if len(y_te) != len(X_te): raise InputError(f'{len(y_te)} test labels for {len(X_te)} series')
+    if weights is not None:
+        if not Path(weights).exists(): raise InputError(f'weights file not found: {weights}')
+        _check_weights_arch(weights, cfg)
+    import torch
+    from fastai.metrics import accuracy as acc_metric
+    from .data import get_ssl_dls
+    from .transfer import load_pretrained
+    dev = resolve_device(cfg.device)
+    n = len(X_tr)
+    dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len, seed=cfg.seed, device=dev,
+                      drop_last=_drop_last(n, min(cfg.bs, n)))
+    epochs = epochs_for_steps(n, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
+    learn = _make_learner(dls, cfg, dev, metrics=acc_metric,
+                          cbs=[tick_callback(progress, _units(X_tr, cfg.max_len), log=cfg.verbose)])
+    if weights is not None:
+        try:
+            load_pretrained(learn, Path(weights))
+        except (FileNotFoundError, ValueError) as e:  # a file that does not fit this classifier is the user's input
+            raise InputError(str(e)) from None
+    with _quiet(learn):
+        learn.fit_one_cycle(epochs, cfg.lr)
+    acc = evaluate(learn, X_te, y_te, bs=cfg.bs)
+    if progress is not None: progress.advance(_eval_units(X_te))
+    if export is not None: _export(learn, export)
+    if dev.type == 'cuda': torch.cuda.empty_cache()
+    return (acc, learn) if return_learner else acc
+
+
+def evaluate(learn, X_test, y_test, bs: int = 64) -> float:
+    "Accuracy of a classifier Learner on test series (full length, any length)."
+    X_te = as_series(X_test, 'X_test')
+    dl = learn.dls.test_dl(X_te, y=np.asarray(y_test), with_labels=True, bs=_eval_bs(X_te, bs))
+    with learn.no_bar():
+        preds, targs = learn.get_preds(dl=dl)
+    return float((preds.argmax(-1) == targs).float().mean())
+
+
+def _export(learn, fname):
+    fname = Path(fname).absolute()
+    fname.parent.mkdir(parents=True, exist_ok=True)
+    learn.export(fname)
+    return fname
+
+
+# ----------------------------------------------------------------------------------------------------
+# The comparison
+# ----------------------------------------------------------------------------------------------------
+def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfig | None = None, *,
+            tasks: Sequence[str] = ('masked', 'next', 'contrastive'), fractions: Sequence[float] = DEFAULT_FRACTIONS,
+            seeds: Sequence[int] = (0, 1, 2), workdir: str | os.PathLike = 'runs/compare',
+            progress: bool | Progress = True, on_result: Callable[[dict], None] | None = None,
+            **overrides) -> list[dict]:
+    """Pretraining vs training from scratch at several label fractions; returns one dict per run:
+
+    ``{'method': 'scratch' | task, 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds'}``
+    (``seconds``: fine-tuning and test time; pretraining runs appear with ``fraction=None``, ``accuracy=None``
+    and ``best_valid_loss``). For each seed, each task is pretrained once on all training series plus
+    `X_unlabeled` (labels ignored) and reused for every fraction; the labeled subset of a fraction is the same
+    for every method of a seed. Every fit uses `config` (keyword `overrides` change its fields), with
+    ``seed`` set per seed. Weights go to ``workdir/weights``. ``progress``: True for a bar with ETA on stderr, or
+    a `Progress`; ``on_result(row)`` is called as each run finishes.
+    """
+    cfg = _config(config, overrides, 'pretrain_epochs')
+    reg = _registry()
+    task_cls = list({c.name: c for c in (reg.get_task(t) for t in tasks)}.values())  # fails before any training
+    fractions = check_fractions(fractions)
+    X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
+    X_unl = as_series(X_unlabeled, 'X_unlabeled') if X_unlabeled is not None and len(X_unlabeled) else []
+    y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
+    subsets = {(f, s): label_subset(y_tr, f, s) for s in seeds for f in fractions}  # errors before training
+    X_pre = X_tr + X_unl
+    if cfg.n_values == 'auto': cfg = cfg.replace(n_values=infer_n_values(X_pre))
+    cfg = cfg.replace(device=resolve_device(cfg.device))
+    weights_dir = Path(workdir) / 'weights'
+
+    total = 0.
+    L_tr = np.array([x.shape[-1] for x in X_tr])
+    L_tr = np.minimum(L_tr, cfg.max_len) if cfg.max_len else L_tr
+    for s in seeds:
+        total += sum(cfg.pretrain_epochs * _units(X_pre, cfg.max_len) * 0.9 * float(c.epoch_cost) for c in task_cls)
+        for f in fractions:
+            n_f = len(subsets[f, s])
+            ep_f = epochs_for_steps(n_f, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
+            total += (1 + len(task_cls)) * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
+    bar = progress if isinstance(progress, Progress) else Progress(total, 'compare', enabled=bool(progress))
+
+    rows: list[dict] = []
+
+    def emit(row):
+        rows.append(row)
+        if on_result is not None: on_result(row)
+
+    try:
+        for s in seeds:
+            cs = cfg.replace(seed=s)
+            for f in fractions:
+                idx = subsets[f, s]
+                bar.advance(0, f'seed {s}: scratch, {fmt_frac(f)} labels')
+                t0 = time.time()
+                acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, progress=bar)
+                emit(dict(method=SCRATCH, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
+                          seconds=round(time.time() - t0, 2)))
+            for Task in task_cls:
+                t = Task.name
+                bar.advance(0, f'seed {s}: pretrain {t}')
+                wpath, info = pretrain(X_pre, t, cs, path=weights_dir / f'{t}_{cs.arch_name}_seed{s}.pth',
+                                       progress=bar, return_info=True)
+                emit(dict(method=t, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
+                          best_valid_loss=info['best_valid_loss'], weights=str(wpath)))
+                for f in fractions:
+                    idx = subsets[f, s]
+                    bar.advance(0, f'seed {s}: {t}, {fmt_frac(f)} labels')
+                    t0 = time.time()
+                    acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar)
+                    emit(dict(method=t, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
+                              seconds=round(time.time() - t0, 2)))
+    finally:
+        if not isinstance(progress, Progress): bar.close()
+    return rows

@@ -122,11 +122,11 @@ def test_test_dl_variable_length_preds_in_input_order():
 
 
 @pytest.mark.parametrize('bad, msg', [
-    ([np.array([[1., 2., np.nan, 4.] * 4])], 'Series 0 has a non-finite value'),
-    ([np.ones((1, 16)), np.array([[1., np.inf] * 8])], 'Series 1 has a non-finite value'),
-    ([np.ones((1, 16)), np.ones((1, 4))], 'Series 1 has length 4, shorter than the minimum 8'),
-    ([np.ones((1, 16)), np.ones((2, 16))], 'Series 1 has 2 channels'),
-    ([], 'Empty data'),
+    ([np.array([[1., 2., np.nan, 4.] * 4])], r'X\[0\] has NaN at step 2, inside the series'),
+    ([np.ones((1, 16)), np.array([[1., np.inf] * 8])], r'X\[1\] has an infinite value \(inf\) at step 1'),
+    ([np.ones((1, 16)), np.ones((1, 4))], r'X\[1\] has length 4, shorter than the minimum of 8 steps'),
+    ([np.ones((1, 16)), np.ones((2, 16))], r'X\[1\] has 2 channels'),
+    ([], 'X is empty'),
 ])
 def test_bad_series(bad, msg):
     with pytest.raises(ValueError, match=msg):
@@ -134,9 +134,9 @@ def test_bad_series(bad, msg):
 
 
 def test_bad_shapes_and_labels():
-    with pytest.raises(ValueError, match=r'3-D array .* shape \(4, 16\).* X\[:, None, :\]'):
+    with pytest.raises(ValueError, match=r'shape \(4, 16\).*3-D array.*X\[:, None, :\]'):
         get_ssl_dls(np.ones((4, 16)))
-    with pytest.raises(ValueError, match='Series 0 has shape'):
+    with pytest.raises(ValueError, match=r'X\[0\] has shape'):
         get_ssl_dls([np.ones((1, 2, 16))])
     with pytest.raises(ValueError, match='Got 3 labels for 4 series'):
         get_ssl_dls(np.ones((4, 1, 16)), y=[0, 1, 0])
@@ -148,12 +148,12 @@ def test_bad_shapes_and_labels():
 
 
 @pytest.mark.parametrize('value', [-1, 41, 2.5])
-def test_vocab_check_names_sample_and_value(value):
+def test_n_values_check_names_series_step_and_value(value):
     X = [np.zeros((1, 16)), np.zeros((1, 16))]
     X[1][0, 5] = value
-    with pytest.raises(ValueError, match=rf'Series 1 has value {value:g}.* step 5'):
-        validate_series(X, vocab=41)
-    validate_series([np.full((1, 16), 40.)], vocab=41)  # in range: fine
+    with pytest.raises(ValueError, match=rf'X\[1\] has value {value:g} at step 5'):
+        validate_series(X, n_values=41)
+    validate_series([np.full((1, 16), 40.)], n_values=41)  # in range: fine
 
 
 def test_mask_survives_fastai_distributed_wrapper():
@@ -186,3 +186,20 @@ def test_seed_fixes_batch_transform_setup():
     state = random.getstate()
     get_ssl_dls(X, bs=8, seed=0)
     assert random.getstate() == state  # the global generator is left as it was
+
+
+def test_nan_rules_shared_with_every_layer():
+    "Trailing steps where every channel is NaN are padding (arrays and lists alike); any other NaN is an InputError."
+    from tsai_ssl.errors import InputError
+    a = np.ones((2, 2, 10)); a[1, :, 6:] = np.nan
+    assert [x.shape for x in to_series_list(a)] == [(2, 10), (2, 6)]
+    lst = [np.ones((2, 10)), a[1]]  # a list of series follows the same rule
+    assert [x.shape for x in to_series_list(lst)] == [(2, 10), (2, 6)]
+    b = a.copy(); b[1, 0, 5] = np.nan  # one channel NaN at step 5, before the padding: not padding
+    with pytest.raises(InputError, match=r'X\[1\] has NaN at step 5 \(channel 0\), inside the series'):
+        to_series_list(b)
+    c = a.copy(); c[1, 0, 6:] = 0.  # only channel 1 NaN at the end: not padding either
+    with pytest.raises(InputError, match=r'X\[1\] has NaN at step 6 \(channel 1\)'):
+        to_series_list(c)
+    with pytest.raises(ValueError):  # InputError is a ValueError: old `except ValueError` still works
+        get_ssl_dls(b, min_len=1)

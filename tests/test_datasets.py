@@ -199,8 +199,17 @@ def test_quantize_fit_on_train_apply_to_test():
 def test_quantize_nan_names_sample():
     X = [np.zeros((1, 10)), np.ones((1, 10)), np.ones((1, 10))]
     X[2][0, 4] = np.nan
-    with pytest.raises(ValueError, match="sample 2"):
+    with pytest.raises(ValueError, match=r"X\[2\] has NaN at step 4"):
         quantize(X)
-    with pytest.raises(ValueError, match="sample 2"):
+    with pytest.raises(ValueError, match=r"X\[2\] has NaN at step 4"):
         Quantizer().fit(X[:2]).transform(X)
 
+
+
+def test_quantize_nan_padded_array_gives_trimmed_series():
+    "The shared NaN rules: trailing all-NaN steps are padding, so a padded array quantizes to the trimmed series."
+    X = np.random.default_rng(0).normal(size=(3, 1, 12))
+    X[1, :, 8:] = np.nan
+    Q = quantize(X, 4)
+    assert isinstance(Q, list) and [q.shape for q in Q] == [(1, 12), (1, 8), (1, 12)]
+    assert isinstance(quantize(np.nan_to_num(X), 4), np.ndarray)  # no padding: an array back

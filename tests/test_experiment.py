@@ -1,4 +1,4 @@
-"""Tests of tsai_ssl.experiment that train nothing: label subsets, inputs, registries, summaries, plots."""
+"""Tests of tsai_ssl.experiment that train nothing: label subsets, inputs, settings, task names, summaries, plots."""
 
 from __future__ import annotations
 
@@ -55,12 +55,47 @@ def test_label_subset_fraction_leaving_a_class_without_label():
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
-def test_infer_vocab():
+def test_infer_n_values():
     ints = [np.array([[0, 3, 40]], dtype=np.uint8), np.array([[1., 2.]])]
-    assert E.infer_vocab(ints) == 41
-    assert E.infer_vocab([np.array([[0, 41]])]) is None
-    assert E.infer_vocab([np.array([[0.5, 2]])]) is None
-    assert E.infer_vocab([np.array([[-1, 2]])]) is None
+    assert E.infer_n_values(ints) == 41
+    assert E.infer_n_values([np.array([[0.5, 2.7, 1.3]])]) is None  # real values: continuous targets
+    assert E.infer_n_values([np.array([[-1.5, 2.25]] * 3)]) is None
+
+
+def test_infer_n_values_refuses_counts_with_a_stray_value():
+    "One 3.5 in count data must not silently switch to continuous targets: say where, and how to choose."
+    X = [np.random.default_rng(i).integers(0, 41, (1, 200)).astype(np.float32) for i in range(10)]
+    X[7][0, 12] = 3.5
+    with pytest.raises(ExperimentError, match=r'X\[7\] has value 3.5 at step 12.*n_values=41.*n_values=None'):
+        E.infer_n_values(X)
+    with pytest.raises(ExperimentError, match=r'--n-values 41.*--n-values 0'):
+        E.infer_n_values(X, require='--n-values 41', continuous='--n-values 0')
+
+
+def test_experiment_error_is_input_error():
+    from tsai_ssl.errors import InputError
+    assert E.ExperimentError is InputError and issubclass(InputError, ValueError)
+
+
+def test_split_data_names_series_by_their_index_in_the_file():
+    X = np.ones((160, 1, 40)); X[117, 0, 5] = np.nan
+    split = np.where(np.arange(160) % 4 == 0, 'test', 'train')
+    with pytest.raises(ExperimentError, match=r'X\[117\] has NaN at step 5, inside the series'):
+        E.split_data(X, np.arange(160) % 2, split=split)
+    X[117, 0, 5] = 1.
+    d = E.split_data(X, np.arange(160) % 2, split=split)
+    assert d.name('train')(87) == 'X[117]' and d.name('test')(1) == 'X[4]'
+
+
+def test_run_config():
+    cfg = E.RunConfig(arch='resnetplus', arch_config={'nf': 16})
+    assert cfg.arch == 'ResNetPlus' and cfg.replace(lr=0.1).lr == 0.1 and cfg.lr == 1e-3
+    with pytest.raises(ExperimentError, match='unknown setting.*epochz.*pretrain_epochs'):
+        cfg.replace(epochz=3)
+    for bad in (dict(bs=0), dict(lr=-1), dict(max_len=4), dict(n_values=1), dict(device='tpu'), dict(arch='LSTM')):
+        with pytest.raises(ExperimentError):
+            E.RunConfig(**bad)
+    assert E.RunConfig(n_values=None).n_values is None and E.RunConfig(n_values=range(41)).n_values == 41
 
 
 def test_split_data_modes():
@@ -104,20 +139,26 @@ def test_load_npz_variable_length(tmp_path):
     np.savez(p, X=X, y=np.array([0, 1] * 5 + [-1, -1]), split=np.array([0, 0, 1] * 4))
     d = E.load_npz(p)
     assert len(d.X_unlabeled) == 2 and all(x.ndim == 2 for x in d.X_train)
-    assert E.infer_vocab(d.X_pretrain) is None
+    assert E.infer_n_values(d.X_pretrain) is None
     assert 'real values' in E.describe_data(d)
 
 
 # -- registries -----------------------------------------------------------------------------------------
-def test_task_registry(monkeypatch):
+def test_task_names_come_from_the_registry():
     assert E.normalize_task('next-step') == 'next' and E.normalize_task('MASKED') == 'masked'
     with pytest.raises(ExperimentError, match="unknown task 'jigsaw'"):
         E.normalize_task('jigsaw')
-    assert E.get_task('masked').__name__ == 'MaskedValuePretrain'
-    monkeypatch.setitem(E.TASKS, 'contrastive', ('not_written_yet', 'ContrastivePretrain', 'contrastive'))
-    assert not E.task_available('contrastive') and 'contrastive' not in E.available_tasks()
-    with pytest.raises(ExperimentError, match='task contrastive is not available'):
-        E.get_task('contrastive')
+    with pytest.raises(ExperimentError, match="unknown task 'mvp'"):
+        E.normalize_task('mvp')  # tsai's MVP is another method, not the masked-value task
+    for gone in ('TASKS', 'task_available', 'available_tasks', 'get_task'):
+        assert not hasattr(E, gone)
+
+
+def test_unknown_task_option_is_refused(counts):
+    "A misspelt task option raises, naming the accepted ones (it used to be dropped silently)."
+    X, _ = counts
+    with pytest.raises(ExperimentError, match=r"no option 'ratoi'.*ratio"):
+        E.pretrain(X, 'masked', task_kwargs={'ratoi': 0.9}, device='cpu')
 
 
 def test_arch_registry():
@@ -155,7 +196,24 @@ def test_aggregate_and_summarize():
 def test_summarize_no_gain():
     rows = [r for r in _rows() if r['method'] != 'masked']
     _, sentence = E.summarize(rows)
-    assert sentence.startswith('No pretraining improved')
+    assert sentence.startswith('No pretraining improved') and 'within noise' in sentence
+
+
+def test_summarize_every_method_at_chance():
+    "At chance everywhere, the verdict is about the budget, not about pretraining."
+    rows = [dict(method=m, fraction=f, n_labeled=10, seed=s, accuracy=0.25 + 0.01 * s)
+            for m in ('scratch', 'masked') for f in (0.1, 1.0) for s in (0, 1)]
+    _, sentence = E.summarize(rows, chance=0.25)
+    assert sentence.startswith('Every method is at chance level (1/n_classes = 25.0%')
+    assert 'the training budget is too small to compare' in sentence
+    assert not E.summarize(_rows(), chance=0.25)[1].startswith('Every method')  # 40-90%: far above chance
+
+
+def test_summarize_gain_within_noise():
+    rows = [dict(method=m, fraction=0.5, n_labeled=10, seed=s, accuracy=a)
+            for m, accs in (('scratch', (0.60, 0.70, 0.80)), ('masked', (0.62, 0.72, 0.82))) for s, a in enumerate(accs)]
+    _, sentence = E.summarize(rows, chance=0.25)
+    assert 'within noise' in sentence and 'helped most' not in sentence
 
 
 def test_summarize_partial_results():

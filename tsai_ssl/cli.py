@@ -310,7 +310,7 @@ def _resolve_tasks(args) -> list[str]:
     toks = [t for t in str(args.tasks).replace(' ', ',').split(',') if t]
     if not toks: raise UsageError('--tasks: no task given')
     if [t.lower() for t in toks] == ['all']: return reg.task_names()
-    return list(dict.fromkeys(reg.get_task(t).name for t in toks))
+    return list(dict.fromkeys(E.normalize_task(t) for t in toks))
 
 
 def _epochs(args, which: str, default: int) -> int:

@@ -43,8 +43,11 @@ def _registry():
 
 
 def normalize_task(name) -> str:
-    "Canonical name of a registered task (case-insensitive, aliases too); `InputError` listing the tasks."
-    return _registry().get_task(name).name
+    "Canonical name of a registered task (case-insensitive, aliases too, or its class); `InputError` listing the tasks."
+    reg = _registry()
+    cls = reg.get_task(name)
+    # the registry's own key (a class attribute named `name` would clash with fastai's Callback.name)
+    return next((n for n in reg.task_names() if reg.get_task(n) is cls), cls.__name__)
 
 
 def _config(config, overrides: dict, epochs_field: str) -> RunConfig:
@@ -150,10 +153,10 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
     reg = _registry()
-    Task = reg.get_task(task)
+    Task, task = reg.get_task(task), normalize_task(task)
     series = as_series(X, 'X')
     n_values = infer_n_values(series) if cfg.n_values == 'auto' else cfg.n_values
-    path = Path(path) if path is not None else Path('models') / f'ssl_{Task.name}_{cfg.arch_name}.pth'
+    path = Path(path) if path is not None else Path('models') / f'ssl_{task}_{cfg.arch_name}.pth'
     if not path.suffix: path = path.with_suffix('.pth')
     opts = reg.task_options(Task)
     kw = dict(task_kwargs or {})
@@ -180,11 +183,11 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
         learn.fit_one_cycle(cfg.pretrain_epochs, cfg.lr)
     secs = time.time() - t0
     if not path.exists():
-        raise InputError(f'pretraining {Task.name} produced no weights (the validation loss was never finite); '
+        raise InputError(f'pretraining {task} produced no weights (the validation loss was never finite); '
                          'try a lower learning rate')
     _record_arch(getattr(cb, 'saved_paths', None) or [path], cfg)
     best = getattr(cb, 'best', None)
-    info = dict(task=Task.name, arch=cfg.arch_name, arch_config=cfg.arch_config or {}, path=str(path),
+    info = dict(task=task, arch=cfg.arch_name, arch_config=cfg.arch_config or {}, path=str(path),
                 epochs=cfg.pretrain_epochs, n_series=n, n_valid=n_val, n_values=n_values,
                 best_valid_loss=None if best is None or not math.isfinite(best) else float(best), seconds=round(secs, 2))
     del learn
@@ -285,7 +288,7 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
     reg = _registry()
-    task_cls = list({c.name: c for c in (reg.get_task(t) for t in tasks)}.values())  # fails before any training
+    task_cls = {normalize_task(t): reg.get_task(t) for t in tasks}  # fails before any training
     fractions = check_fractions(fractions)
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
     X_unl = as_series(X_unlabeled, 'X_unlabeled') if X_unlabeled is not None and len(X_unlabeled) else []
@@ -300,7 +303,7 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     L_tr = np.array([x.shape[-1] for x in X_tr])
     L_tr = np.minimum(L_tr, cfg.max_len) if cfg.max_len else L_tr
     for s in seeds:
-        total += sum(cfg.pretrain_epochs * _units(X_pre, cfg.max_len) * 0.9 * float(c.epoch_cost) for c in task_cls)
+        total += sum(cfg.pretrain_epochs * _units(X_pre, cfg.max_len) * 0.9 * float(getattr(c, 'epoch_cost', 1.)) for c in task_cls.values())
         for f in fractions:
             n_f = len(subsets[f, s])
             ep_f = epochs_for_steps(n_f, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
@@ -323,8 +326,7 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
                 acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, progress=bar)
                 emit(dict(method=SCRATCH, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
                           seconds=round(time.time() - t0, 2)))
-            for Task in task_cls:
-                t = Task.name
+            for t in task_cls:
                 bar.advance(0, f'seed {s}: pretrain {t}')
                 wpath, info = pretrain(X_pre, t, cs, path=weights_dir / f'{t}_{cs.arch_name}_seed{s}.pth',
                                        progress=bar, return_info=True)

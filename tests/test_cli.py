@@ -248,3 +248,12 @@ def test_cli_import_is_light():
             "assert not heavy, heavy")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=_env(), timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_every_public_name_imports_from_the_lazy_package():
+    import tsai_ssl
+    for name in tsai_ssl.__all__:
+        assert getattr(tsai_ssl, name) is not None, name
+    from tsai_ssl import MaskedValuePretrain, get_ssl_dls, load_pretrained  # noqa: F401
+    with pytest.raises(AttributeError):
+        tsai_ssl.no_such_name

@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import textwrap
 import time
@@ -367,6 +368,7 @@ def cmd_compare(args, demo: bool = False) -> int:
     config = dict(command='demo' if demo else 'compare', data=data.source, n_train=len(data.X_train),
                   n_unlabeled=len(data.X_unlabeled), n_test=len(data.X_test), classes=classes, tasks=tasks,
                   fractions=list(fractions), seeds=list(seeds), **cfg.to_dict())
+    del config['seed'], config['verbose']  # set per seed / by --quiet, not settings of the comparison
     config.update(device=str(dev), torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=f'{platform.machine()} {os.cpu_count()} cpus')
     chance = 1 / len(classes)
@@ -505,7 +507,8 @@ def cmd_tasks(args) -> int:
         opts = ', '.join(k if v is inspect.Parameter.empty else f'{k}={v!r}' for k, v in reg.task_options(name).items())
         aliases = ', '.join(cls.aliases) or '-'
         print(f'{name}: {reg.task_label(name)} ({cls.__name__}); aliases: {aliases}')
-        print(textwrap.fill(f'options: {opts}', width=100, initial_indent='  ', subsequent_indent='    '))
+        width = max(40, shutil.get_terminal_size().columns - 2)
+        print(textwrap.fill(f'options: {opts}', width=width, initial_indent='  ', subsequent_indent='    '))
     return 0
 
 

@@ -26,13 +26,16 @@ class RaiseAt(Callback):
         if self.training and self.iter == self.it: raise self.exc('boom')
 
 
+def _clone(t): return None if t is None else t.clone()
+
+
 class Spy(Callback):
     "Record (xb, yb) of validation batches, per epoch."
     order = 95
     def before_fit(self): self.valid = []
     def before_validate(self): self.valid.append([])
     def after_pred(self):
-        if not self.training: self.valid[-1].append(([t.clone() for t in self.learn.xb], [t.clone() for t in self.learn.yb]))
+        if not self.training: self.valid[-1].append(([_clone(t) for t in self.learn.xb], [_clone(t) for t in self.learn.yb]))
 
 
 def learner_state(learn):

@@ -1,4 +1,7 @@
 "Resumable training: an interrupted + resumed fit ends exactly where an uninterrupted one does."
+import functools
+
+import numpy as np
 import pytest
 import torch
 from fastai.torch_core import set_seed
@@ -6,6 +9,7 @@ from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
 from conftest import ar_counts
+import helpers
 from helpers import RaiseAt, fit_quiet, unlabeled_dls
 from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, TS2VecPretrain, get_ssl_dls
 
@@ -31,8 +35,18 @@ def _result(learn):
     return [float(v) for row in learn.recorder.values for v in row], {k: v.clone() for k, v in learn.model.state_dict().items()}
 
 
-@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, TS2VecPretrain, None])
-def test_resume_equals_uninterrupted(task):
+continuous_masked = functools.partial(MaskedValuePretrain, n_values=None)  # its fill value comes from the first batch
+
+
+@pytest.mark.parametrize('task', [MaskedValuePretrain, continuous_masked, NextStepPretrain, ContrastivePretrain,
+                                  TS2VecPretrain, None], ids=['masked', 'masked-continuous', 'next', 'contrastive',
+                                                              'ts2vec', 'none'])
+def test_resume_equals_uninterrupted(task, monkeypatch):
+    if task is continuous_masked:  # real values: each batch has its own range, so the first batch's fill differs
+        def real_series(n, **kw):
+            rng = np.random.default_rng(0)
+            return [rng.normal(0, 1, (1, int(L))).astype(np.float32) for L in rng.integers(60, 160, n)], None
+        monkeypatch.setattr(helpers, 'ar_counts', real_series)
     ref = _learner(task, [Checkpoint('run')], labeled=task is None)
     fit_quiet(ref, 4)
     ref_vals, ref_state = _result(ref)
@@ -103,3 +117,18 @@ def test_every_and_bad_arguments():
     assert torch.load('models/sparse.pth', weights_only=True)['epoch'] == 2  # the last epoch is always written
     with pytest.raises(ValueError, match='resume'): Checkpoint(resume='yes')
     with pytest.raises(ValueError, match='every'): Checkpoint(every=0)
+
+
+def test_checkpoint_saves_the_automatic_fill_value():
+    "Defect 10: masked-value's automatic fill comes from the first batch seen; a resumed run must reuse it."
+    learn = _learner(continuous_masked, [Checkpoint('run')])
+    fit_quiet(learn, 2)
+    task = next(cb for cb in learn.cbs if isinstance(cb, MaskedValuePretrain))
+    assert task.fill_value is not None
+    ck = torch.load('models/run.pth', weights_only=True)
+    assert torch.equal(ck['task_state']['fill_value'], task.fill_value) and ck['task_state']['best'] == task.best
+    fresh = continuous_masked()
+    fresh.load_state_dict(ck['task_state'])
+    assert torch.equal(fresh.fill_value, task.fill_value)
+    x = torch.randn(2, 1, 30) * 100  # another batch would give another automatic fill
+    assert torch.equal(fresh._fill_for(x, x, None).flatten(), task.fill_value.flatten())

@@ -1,4 +1,5 @@
-"""Tests of tsai_ssl.tasks.contrastive: views, NT-Xent and TS2Vec fits, Learner restoration, saved weights."""
+"""Tests of tsai_ssl.tasks.contrastive (NT-Xent) and tsai_ssl.tasks.two_view: views, fits, Learner restoration,
+saved weights."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from tsai_ssl.backbone import split_backbone
 from conftest import poisson_series
 from tsai_ssl.data import get_ssl_dls
 from tsai_ssl.embed import get_embeddings
+from tsai_ssl.padding import PaddingAware, clean_input
 from tsai_ssl.tasks.base import PretextModel
-from tsai_ssl.tasks.contrastive import (ContrastivePretrain, ProjectionHead, TS2VecPretrain, contrastive_correct,
-                                        stack_views)
+from tsai_ssl.tasks.contrastive import ContrastivePretrain, ProjectionHead
+from tsai_ssl.tasks.ts2vec import TS2VecPretrain
+from tsai_ssl.tasks.two_view import contrastive_correct, stack_views
 
 
 def _series(n=24, lo=16, hi=48, seed=0):
@@ -54,41 +57,53 @@ def test_make_batch_two_views_one_forward():
     x = x.masked_fill(~mask[:, None], float('nan'))  # garbage (NaN) at padded steps must not reach the model
     task = ContrastivePretrain()
     g = torch.Generator().manual_seed(0)
-    (xb, mb), (tgt,) = task.make_batch(x, mask, x, g)
-    assert xb.shape[0] == 12 and mb.shape == (12, xb.shape[-1]) and mb.dtype == torch.bool
+    xc, mc = clean_input(x, mask)  # what the base task's before_batch hands to make_batch
+    (xb, mb, hm), (tgt,) = task.make_batch(xc, mc, x, g)
+    assert xb.shape[0] == 12 and mb.shape == (12, xb.shape[-1]) and mb.dtype == torch.bool and hm is mb
     assert not torch.isnan(xb).any()
     assert (xb.masked_select(~mb[:, None]) == 0).all()
     lens = mb.sum(1)
     full = mask.sum(1)
     full = torch.cat([full, full])
     assert (lens <= full).all() and (lens >= (full * 0.5).floor()).all() and (lens < full).any()
-    assert tgt.tolist() == list(range(6, 12)) + list(range(6))
+    assert tgt.tolist() == list(range(6, 12)) + list(range(6))  # the metric reads the positives' rows
     # tsai-style NaN padding without a mask: the mask comes from the NaN
-    (xb2, mb2), _ = task.make_batch(x, None, x, torch.Generator().manual_seed(0))
+    xc2, mc2 = clean_input(x, None)
+    (xb2, mb2, _), _ = task.make_batch(xc2, mc2, x, torch.Generator().manual_seed(0))
     assert not torch.isnan(xb2).any() and torch.equal(mb2, mb)
+
+
+def test_metric_reads_the_targets():
+    "contrast_acc scores each anchor against the row its target names (the targets are not decoration)."
+    z = torch.eye(6)[:3] * 5
+    pred = torch.cat([z, z])
+    task = ContrastivePretrain()
+    right = torch.tensor([3, 4, 5, 0, 1, 2])
+    assert task._correct(pred, right)[0].item() == 6
+    assert task._correct(pred, right.roll(1))[0].item() == 0
 
 
 def test_default_views_are_halves():
     "Two random halves of each series: the stacked views of an unpadded batch cost one batch, and carry no padding."
     x = torch.from_numpy(np.stack(poisson_series(4, 40, 41))).float()
     task = ContrastivePretrain()
-    (xb, mb), _ = task.make_batch(x, None, x, torch.Generator().manual_seed(0))
+    (xb, mb, _), _ = task.make_batch(x, None, x, torch.Generator().manual_seed(0))
     assert xb.shape == (8, 1, 20) and mb.all()
     assert not torch.equal(xb[0], xb[4])  # the two views of a series differ
     # with padding, each view is half of its own series
     X = _series(6)
     xp, mask = _padded(X)
-    (_, mb2), _ = ContrastivePretrain().make_batch(xp, mask, xp, torch.Generator().manual_seed(0))
+    (_, mb2, _), _ = ContrastivePretrain().make_batch(xp, mask, xp, torch.Generator().manual_seed(0))
     half = torch.maximum(torch.round(mask.sum(1) * 0.5), mask.sum(1).clamp(max=8)).long()
     assert torch.equal(mb2.sum(1), torch.cat([half, half]))
 
 
-@pytest.mark.parametrize('loss', ['ntxent', 'ts2vec'])
-def test_max_len_cuts_long_series(loss):
+@pytest.mark.parametrize('Task', [ContrastivePretrain, TS2VecPretrain])
+def test_window_cuts_long_series(Task):
     X = _series(6, lo=10, hi=60)
     x, mask = _padded(X)
-    task = ContrastivePretrain(loss=loss, max_len=12, augs=[])
-    (xb, mb), _ = task.make_batch(x, mask, x, torch.Generator().manual_seed(0))
+    task = Task(window=12, augs=[])
+    (xb, mb, _), _ = task.make_batch(x, mask, x, torch.Generator().manual_seed(0))
     assert xb.shape[-1] <= 12 and (mb.sum(1) <= torch.cat([mask.sum(1)] * 2)).all()
     # a window of the series: its values are a contiguous run of the original ones
     s, m = X[0][0], int(mb[0].sum())
@@ -100,19 +115,6 @@ def test_stack_views_pads_to_longer():
     xb, mb = stack_views(a, None, b, torch.tensor([[True] * 7, [True] * 3 + [False] * 4]))
     assert xb.shape == (4, 1, 7) and mb.sum(1).tolist() == [5, 5, 7, 3]
     assert (xb[:2, :, 5:] == 0).all()
-
-
-def test_ts2vec_views_align_on_overlap():
-    X = _series(8)
-    x, mask = _padded(X)
-    task = TS2VecPretrain(augs=[])
-    (xb, mb), (ov,) = task.make_batch(x, mask, x, torch.Generator().manual_seed(1))
-    n = len(X)
-    # the overlapping parts of the two crops, aligned with gather_segments, are the same original steps
-    o1, om = gather_segments(xb[:n], ov[:, 0], ov[:, 2])
-    o2, _ = gather_segments(xb[n:], ov[:, 1], ov[:, 2])
-    assert torch.equal(o1, o2) and (om.sum(1) == ov[:, 2]).all() and (ov[:, 2] >= 2).all()
-    with pytest.raises(ValueError, match='layout'): TS2VecPretrain(augs=[RandomCrop()])
 
 
 def test_contrastive_correct():
@@ -186,13 +188,11 @@ def test_ntxent_fit_user_module_and_padding_invariant_projection(tmp_path):
     _check_fit_and_restore(learn, cb)
     # the representation the task contrasts is the same for a series alone and padded in a batch (eval mode)
     bb = split_backbone(learn.model)
-    pm = PretextModel(bb, cb.pretext_head).eval()
     x, mask = _padded(X[:6])
-    with torch.no_grad(), cb.wrap_backbone(bb):
-        hooks = [pm.register_forward_pre_hook(cb._set_mask), pm.register_forward_hook(cb._clear_mask)]
-        batched = pm(x, mask)
-        alone = torch.cat([pm(torch.from_numpy(s)[None], torch.ones(1, s.shape[-1], dtype=torch.bool)) for s in X[:6]])
-        for h in hooks: h.remove()
+    with torch.no_grad(), PaddingAware(bb) as pa:
+        pm = PretextModel(bb, cb.pretext_head, pa).eval()
+        batched = pm(x, mask, mask)
+        alone = torch.cat([pm(torch.from_numpy(s)[None], None, None) for s in X[:6]])
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
     emb = get_embeddings(learn.model, X[:6], progress=False)  # get_embeddings pools the same features
     torch.testing.assert_close(cb.pretext_head.eval()(torch.from_numpy(emb)[..., None]), alone, atol=1e-5, rtol=1e-5)
@@ -206,12 +206,12 @@ def _easy_series(n, L=32, seed=0):
             for _ in range(n)]
 
 
-@pytest.mark.parametrize('loss', ['ts2vec', 'ntxent'])
-def test_loss_decreases_on_easy_case(loss):
+@pytest.mark.parametrize('Task', [TS2VecPretrain, ContrastivePretrain])
+def test_loss_decreases_on_easy_case(Task):
     torch.manual_seed(0)
     X = _easy_series(8)
-    augs = [Scaling(0.1)] if loss == 'ts2vec' else [RandomCrop(0.6, 1.0, min_len=8), Scaling(0.1)]
-    cb = ContrastivePretrain(augs=augs, loss=loss, proj_dim=16)
+    augs = [Scaling(0.1)] if Task is TS2VecPretrain else [RandomCrop(0.6, 1.0, min_len=8), Scaling(0.1)]
+    cb = Task(augs=augs, proj_dim=16)
     idx = list(range(8))  # validate on the training series: fixed views, comparable across epochs
     learn = ts_learner(get_ssl_dls(X, bs=8, splits=(idx, idx)), ResNetPlus, nf=8, cbs=cb)
     with learn.no_bar(), learn.no_logging(): learn.fit(6, 1e-2)

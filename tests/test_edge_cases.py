@@ -34,15 +34,15 @@ def test_next_step_series_shorter_than_the_lookahead_warns():
     with pytest.warns(UserWarning, match="causal='pad'"): fit_quiet(learn, 1)
 
 
-@pytest.mark.parametrize('vocab', [41, None])
-def test_next_step_horizon_longer_than_series(vocab):
+@pytest.mark.parametrize('n_values', [41, None])
+def test_next_step_horizon_longer_than_series(n_values):
     "Horizon 20 on 16-step series: targets 16+ steps ahead do not exist and are not scored; the nearer ones train."
     X = [np.random.default_rng(i).integers(0, 41, (1, 16)).astype(np.uint8) for i in range(8)]
-    task = NextStepPretrain(horizon=20, vocab=vocab, causal='pad')  # 'shift' has no prediction before step 18
+    task = NextStepPretrain(horizon=20, n_values=n_values, causal='pad')  # 'shift' has no prediction before step 18
     learn = ts_learner(get_ssl_dls(X, bs=4), ResNetPlus, cbs=task)
     fit_quiet(learn, 1)
     assert np.isfinite(learn.recorder.values[-1][0]) and learn.recorder.values[-1][0] > 0
     x = torch.tensor(np.stack(X[:2]), dtype=torch.float32)
-    (xb,), yb = task.make_batch(x, None, x, None)
-    if vocab: assert (yb[0][:, 15:] == -100).all() and (yb[0][:, :15] != -100).any()
+    (xb, _), yb = task.make_batch(x, None, x, None)
+    if n_values: assert (yb[0][:, 15:] == -100).all() and (yb[0][:, :15] != -100).any()
     assert not task.attached

@@ -79,7 +79,8 @@ def test_masked_batchnorm_ignores_padding_in_training():
     outs, stats = [], []
     for inp in (x.masked_fill(~mask[:, None], 0.), garbage):
         m = UserNet(); m.load_state_dict(model.state_dict()); m.train()
-        with padding_aware(m) as pa, pa.using(mask):
+        with padding_aware(m) as pa:
+            pa.pad_mask = mask
             outs.append(m.body(m.encoder(inp)))
         stats.append(m.body[1].running_mean.clone())
     keep = mask[:, None].expand_as(outs[0])

@@ -13,7 +13,7 @@ from conftest import ar_counts
 from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
 from test_backbone import UserNet
 from tsai_ssl import MaskedValuePretrain, get_ssl_dls
-from tsai_ssl.tasks.masked import IGNORE
+from tsai_ssl.tasks.targets import IGNORE
 
 
 def _ref_masked_ce(pred, raw, m, vocab):
@@ -28,14 +28,14 @@ def _ref_masked_ce(pred, raw, m, vocab):
 
 
 def test_loss_only_on_masked_unpadded_steps_matches_reference():
-    task = MaskedValuePretrain(ratio=0.3, mean_span=3, vocab=41)
+    task = MaskedValuePretrain(ratio=0.3, mean_span=3, n_values=41)
     task.make_head(8, 1)
     bs, L = 4, 50
     raw = torch.randint(0, 41, (bs, 1, L)).float()
     pad = torch.arange(L)[None] < torch.tensor([50, 40, 30, 20])[:, None]
     raw = raw * pad[:, None]
     x = (raw - 20) / 10
-    (xm, mask), (tgt,) = task.make_batch(x, pad, raw, torch.Generator().manual_seed(1))
+    (xm, _, mask), (tgt,) = task.make_batch(x, pad, raw, torch.Generator().manual_seed(1))
     m = tgt[:, 0] != IGNORE
     assert torch.equal(mask, m)  # the model's head gets the masked steps
     assert m.any() and not (m & ~pad).any()  # never on padding
@@ -46,7 +46,7 @@ def test_loss_only_on_masked_unpadded_steps_matches_reference():
 
 
 def test_head_runs_on_masked_steps_only():
-    from tsai_ssl.tasks.masked import MaskedStepsHead
+    from tsai_ssl.tasks.targets import MaskedStepsHead
     torch.manual_seed(0)
     head = MaskedStepsHead(8, 41).eval()  # eval: BatchNorm with running statistics, so both paths compare
     h = torch.randn(3, 8, 20, requires_grad=True)
@@ -66,10 +66,10 @@ def test_head_runs_on_masked_steps_only():
 
 
 def test_continuous_loss_reference():
-    task = MaskedValuePretrain(vocab=None, loss='mse')
+    task = MaskedValuePretrain(n_values=None, loss='mse')
     x = torch.randn(3, 2, 30)
     pad = torch.ones(3, 30, dtype=torch.bool); pad[2, 20:] = False
-    (xm, _), (target, m) = task.make_batch(x, pad, x, torch.Generator().manual_seed(0))
+    (xm, _, _), (target, m) = task.make_batch(x, pad, x, torch.Generator().manual_seed(0))
     pred = torch.randn(3, 2, 30)
     ref = ((pred - x) ** 2).permute(0, 2, 1)[m].mean()
     assert task.loss(pred, target, m).item() == pytest.approx(ref.item(), rel=1e-5)
@@ -121,7 +121,7 @@ def test_targets_exact_with_tsai_get_ts_dls_and_plain_resnet():
     spy = Spy()
     learn = ts_learner(dls, ResNet, cbs=[MaskedValuePretrain(), spy])  # tsai's MVP refuses plain ResNet
     fit_quiet(learn, 1)
-    (xb, _), (tgt,) = spy.valid[0][0]
+    (xb, _, _), (tgt,) = spy.valid[0][0]
     keep = tgt != IGNORE
     assert torch.equal(tgt[keep].float(), torch.from_numpy(X[30:40])[keep.cpu()])
 
@@ -144,7 +144,7 @@ def test_show_preds_png(tmp_path):
     assert (tmp_path / 'mv.png').stat().st_size > 10_000
 
 
-@pytest.mark.parametrize('kw, msg', [(dict(ratio=1.2), 'ratio'), (dict(vocab=1), 'vocab'), (dict(loss='l1'), 'loss'),
+@pytest.mark.parametrize('kw, msg', [(dict(ratio=1.2), 'ratio'), (dict(n_values=1), "n_values"), (dict(loss='l1'), 'loss'),
                                      (dict(save='sometimes'), 'save')])
 def test_bad_arguments(kw, msg):
     with pytest.raises(ValueError, match=msg): MaskedValuePretrain(**kw)
@@ -152,7 +152,7 @@ def test_bad_arguments(kw, msg):
 
 def test_non_integer_input_in_categorical_mode_is_refused():
     X = [np.random.rand(1, 64).astype(np.float32) * 40 for _ in range(8)]
-    learn = ts_learner(get_ssl_dls(X, bs=4), ResNetPlus, cbs=MaskedValuePretrain(vocab=41))
+    learn = ts_learner(get_ssl_dls(X, bs=4), ResNetPlus, cbs=MaskedValuePretrain(n_values=41))
     learn.create_opt(); state = learner_state(learn)
     with pytest.raises(ValueError, match='is not an integer in 0..40'):
         fit_quiet(learn, 1)

@@ -7,7 +7,7 @@ from tsai.models.utils import build_ts_model
 from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
 from test_backbone import UserNet
 from tsai_ssl import NextStepPretrain
-from tsai_ssl.tasks.masked import IGNORE
+from tsai_ssl.tasks.targets import IGNORE
 
 
 def test_targets_are_next_raw_integers_and_ignore_padding():
@@ -16,7 +16,7 @@ def test_targets_are_next_raw_integers_and_ignore_padding():
     raw = torch.randint(0, 41, (3, 1, 20)).float()
     pad = torch.arange(20)[None] < torch.tensor([20, 15, 9])[:, None]
     x = (raw - 20) / 7  # the model sees normalised input
-    (xi,), (tgt, cur) = task.make_batch(x, pad, raw, None)
+    (xi, _), (tgt, cur) = task.make_batch(x, pad, raw, None)
     assert torch.equal(xi, x)
     for i, L in enumerate([20, 15, 9]):
         for k in (1, 2):
@@ -45,7 +45,7 @@ def test_training_batches_score_a_random_share_of_steps():
     head.shift = 3
     task.pretext_head = head
     raw = torch.randint(0, 41, (4, 1, 400)).float()
-    (x, sel), (tgt, _) = task.make_batch(raw, None, raw, torch.Generator().manual_seed(0))
+    (x, _, sel), (tgt, _) = task.make_batch(raw, None, raw, torch.Generator().manual_seed(0))
     assert 0.2 < sel.float().mean() < 0.3
     scored = tgt[:, 0, 0] != IGNORE
     assert torch.equal(scored[:, 3:399], sel[:, :396])  # the prediction at t comes from the output at t - 3
@@ -53,7 +53,7 @@ def test_training_batches_score_a_random_share_of_steps():
     out = head(h, sel)
     assert (out[..., 3:][~sel[:, None, :397].expand(-1, 41, -1)] == 0).all()
     head.eval()
-    (xe,), (tgt_e, _) = task.make_batch(raw, None, raw, None)
+    (xe, _), (tgt_e, _) = task.make_batch(raw, None, raw, None)
     assert (tgt_e[:, 0, 0, 3:399] != IGNORE).all() and (tgt_e[:, 0, 0, :3] == IGNORE).all()
 
 
@@ -127,7 +127,7 @@ def test_shift_prediction_never_sees_the_future(arch):
 
 
 def test_continuous_mode():
-    learn = ts_learner(unlabeled_dls(), ResNetPlus, cbs=NextStepPretrain(vocab=None, horizon=3, loss='huber'))
+    learn = ts_learner(unlabeled_dls(), ResNetPlus, cbs=NextStepPretrain(n_values=None, horizon=3, loss='huber'))
     fit_quiet(learn, 1)
     assert learn.recorder.metric_names[3:5] == ['next_mse', 'repeat_mse']
 
@@ -142,7 +142,7 @@ def test_tsai_get_ts_dls_targets_are_raw_integers():
     spy = Spy()
     learn = ts_learner(dls, ResNetPlus, cbs=[NextStepPretrain(), spy])
     fit_quiet(learn, 1)
-    (xb,), (tgt, cur) = spy.valid[0][0]
+    (xb, _), (tgt, cur) = spy.valid[0][0]
     assert torch.equal(cur.float(), torch.from_numpy(X[20:30]))
     R = learn.cbs.filter(lambda c: isinstance(c, NextStepPretrain))[0].pretext_head.shift  # steps < R: no prediction
     assert torch.equal(tgt[:, 0, :, R:-1].float(), torch.from_numpy(X[20:30, :, R + 1:]))

@@ -9,6 +9,7 @@ from tsai.models.ResNetPlus import ResNetPlus
 from conftest import poisson_series
 from helpers import fit_quiet
 from tsai_ssl import IgnorePadding, get_ssl_dls
+from tsai_ssl.data import batch_pad_mask
 
 
 def _randomize_bn(model):
@@ -21,6 +22,7 @@ def _randomize_bn(model):
 
 
 def test_get_preds_do_not_depend_on_batch_neighbours():
+    "IgnorePadding: padded batches (test_dl(exact=False)) give every series the prediction it gets alone."
     X = poisson_series(12, 20, 120)
     y = np.arange(12) % 3
     for arch in (ResNetPlus, InceptionTimePlus):
@@ -29,12 +31,34 @@ def test_get_preds_do_not_depend_on_batch_neighbours():
         _randomize_bn(learn.model)
         new = poisson_series(6, 20, 200, seed=5)
         alone, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=1))
-        batched, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6))
+        batched, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6, exact=False))
         assert torch.allclose(alone, batched, atol=1e-5)
         learn.remove_cb(IgnorePadding)
-        plain, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6))
+        plain, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=6, exact=False))
         assert not torch.allclose(alone, plain, atol=1e-3)  # without it, padding changes predictions
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in learn.model.modules())
+
+
+def test_default_test_dl_is_independent_of_batching_without_ignore_padding():
+    "Defect 8: the default test_dl batches series of one length only, so any model predicts as for a lone series."
+    X = poisson_series(12, 20, 120)
+    y = np.arange(12) % 3
+    learn = ts_learner(get_ssl_dls(X, y, bs=4), ResNetPlus, metrics=accuracy)  # no IgnorePadding
+    fit_quiet(learn, 1)
+    _randomize_bn(learn.model)
+    new = poisson_series(9, 20, 200, seed=5) + poisson_series(3, 50, 51, seed=6)  # 3 of one length
+    dl = learn.dls.test_dl(new, bs=8)
+    assert dl.pad_mask is None and all(batch_pad_mask(dl, b[0]) is None for b in dl)  # nothing is ever padded
+    assert len(dl) == len(list(dl)) == len({s.shape[-1] for s in new})
+    alone = torch.cat([learn.get_preds(dl=learn.dls.test_dl([s], bs=1))[0] for s in new])
+    batched, _ = learn.get_preds(dl=dl)
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+    padded, _ = learn.get_preds(dl=learn.dls.test_dl(new, bs=8, exact=False))
+    assert not torch.allclose(padded, alone, atol=1e-3)  # what the default avoids
+    # labels and the data-set order survive the regrouping
+    dl = learn.dls.test_dl(new, y=np.arange(12) % 3, with_labels=True, bs=8)
+    _, targs = learn.get_preds(dl=dl)
+    assert targs.tolist() == (np.arange(12) % 3).tolist()
 
 
 def _reference_masked_bn(x, mask, weight, bias, eps=1e-5):
@@ -87,10 +111,10 @@ def test_mask_without_padding_runs_the_plain_layers():
     torch.manual_seed(0)
     full = torch.ones(4, 64, dtype=torch.bool)
     with padding_aware(ResNetPlus(1, 2)) as pa:
-        pa.mask = full
-        assert pa.mask is None
-        pa.mask = full.clone().index_fill_(1, torch.tensor([63]), False)
-        assert pa.mask is not None  # real padding is kept
+        pa.pad_mask = full
+        assert pa.pad_mask is None
+        pa.pad_mask = full.clone().index_fill_(1, torch.tensor([63]), False)
+        assert pa.pad_mask is not None  # real padding is kept
     # the masked path with an all-real mask (forced) equals the plain forward
     from tsai_ssl.padding import _masked_batch_norm
     bn1, bn2 = torch.nn.BatchNorm1d(3).train(), torch.nn.BatchNorm1d(3).train()

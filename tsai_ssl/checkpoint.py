@@ -8,7 +8,7 @@ The checkpoint (``learn.path/learn.model_dir/<fname>.pth``, written atomically: 
 previous one intact) holds what the rest of the run depends on: the model being trained (during pretraining the
 backbone *and* the pretext head), the optimizer state (Adam moments of both), the epoch, the random states
 (torch, numpy, Python, and the training loader's shuffling generator), the Recorder's history and smoothed loss,
-and the task's best validation loss. A resumed fit skips the finished epochs (the one-cycle schedule restarts at
+and the task's state (`PretextTask.state_dict`: best validation loss, masked-value's fill value). A resumed fit skips the finished epochs (the one-cycle schedule restarts at
 the right point, as with fastai's ``start_epoch``) and, on CPU with the same data and seed, ends with the same
 weights and losses as a run that was never interrupted (tested).
 
@@ -25,11 +25,12 @@ import torch
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.torch_core import rank_distrib
 
+from .tasks.base import PretextTask, restore_tasks
 from .transfer import atomic_save, weights_path
 
 __all__ = ['Checkpoint']
 
-_VERSION = 1
+_VERSION = 2  # 2: the task's state_dict (was its best loss only)
 
 
 def _plain(o):
@@ -91,7 +92,6 @@ class Checkpoint(Callback):
         try: self._load()
         except CancelFitException: raise  # fastai runs after_fit: the task restores itself
         except BaseException:
-            from .tasks.base import restore_tasks
             restore_tasks(self.learn); raise
 
     def _load(self):
@@ -122,7 +122,7 @@ class Checkpoint(Callback):
         self.start_epoch = ck['epoch'] + 1
         self._pending = ck
         task = self._task()
-        if task is not None: task.best = ck['best']
+        if task is not None: task.load_state_dict(ck['task_state'])  # best loss, masked-value's fill value, ...
         if self.start_epoch >= learn.n_epoch:
             warnings.warn(f'The checkpoint {path} is from the last epoch: nothing left to train.', stacklevel=2)
             raise CancelFitException()
@@ -150,7 +150,7 @@ class Checkpoint(Callback):
         task = self._task()
         ck = dict(kind='tsai_ssl.Checkpoint', version=_VERSION, epoch=self.epoch, n_epoch=self.n_epoch,
                   train_iter=learn.train_iter, task=self._task_name(),
-                  best=float(task.best) if task is not None else None,
+                  task_state=_to(task.state_dict(), 'cpu') if task is not None else None,
                   model=_to(dict(learn.model.state_dict()), 'cpu'),
                   opt=dict(hypers=_plain(learn.opt.hypers), state=_to(_plain(learn.opt.state_dict()['state']), 'cpu')),
                   rng=_rng_states(learn))
@@ -162,7 +162,6 @@ class Checkpoint(Callback):
 
     # -- helpers -------------------------------------------------------------------------------------------
     def _task(self):
-        from .tasks.base import PretextTask
         return next((cb for cb in self.learn.cbs if isinstance(cb, PretextTask) and cb.attached), None)
 
     def _task_name(self) -> str | None:

@@ -36,8 +36,8 @@ def show_masked_preds(task, n: int = 3, dl=None, max_steps: int = 400, path: str
         ax.plot(t, raw[i, 0, :L].cpu().numpy(), lw=0.8, color='0.3', label='original')
         m = masked[i, :L].cpu().numpy()
         ax.fill_between(t, 0, 1, where=m, transform=ax.get_xaxis_transform(), color='tab:orange', alpha=0.2, label='masked')
-        if task.vocab is not None:
-            p = pred[i].reshape(-1, task.vocab, pred.shape[-1])[0].argmax(0)[:L].cpu().numpy()
+        if task.n_values is not None:
+            p = pred[i].reshape(-1, task.n_values, pred.shape[-1])[0].argmax(0)[:L].cpu().numpy()
         else:  # continuous predictions live in the model-input scale
             p = pred[i, 0, :L].cpu().numpy()
         ax.scatter(t[m], p[m], s=8, color='tab:red', label='prediction', zorder=3)
@@ -51,7 +51,7 @@ def show_masked_preds(task, n: int = 3, dl=None, max_steps: int = 400, path: str
 def plot_next_step(task, item: int = 0, dl=None, start: int = 0, steps: int = 200, path: str | Path | None = None):
     """Heat map of the predicted next-value distribution over `steps` steps of one series, actual values on top."""
     out = task.pretext_batch(dl=dl, n=item + 1)
-    if task.vocab is None: raise ValueError('plot_next_step shows a distribution: it needs a categorical task (vocab=...).')
+    if task.n_values is None: raise ValueError('plot_next_step shows a distribution: it needs a categorical task (n_values=...).')
     pred = out['pred'][item:item + 1]
     probs = task._logits(pred).softmax(1)[0, :, 0, 0]  # (V, L): next value given steps <= t
     L = pred.shape[-1] if out['pad_mask'] is None else int(out['pad_mask'][item].sum())
@@ -59,7 +59,7 @@ def plot_next_step(task, item: int = 0, dl=None, start: int = 0, steps: int = 20
     actual = out['raw'][item, 0, start + 1:stop + 1].cpu().numpy()
     fig, (ax,) = _figure(1, height=4)
     ax.imshow(probs[:, start:stop].cpu().numpy(), aspect='auto', origin='lower', cmap='Blues',
-              extent=(start - 0.5, stop - 0.5, -0.5, task.vocab - 0.5))
+              extent=(start - 0.5, stop - 0.5, -0.5, task.n_values - 0.5))
     ax.plot(np.arange(start, stop), actual, '.', color='tab:red', ms=3, label='actual next value')
     ax.set_xlabel('step t (prediction of x[t+1] from x[..t])'); ax.set_ylabel('value')
     ax.legend(loc='upper right', fontsize=8)

@@ -20,7 +20,7 @@ Why the callback's ``order`` changes during fit: it must swap the model and metr
 snapshots the model) see them, and put everything back *after* `LRFinder` has reloaded its snapshot; fastai sorts
 callbacks by ``order`` at every event, so the callback runs early for ``before_fit`` and late for everything after it.
 
-A new task: one file in this folder with a subclass declaring ``name``, ``aliases`` and ``label`` (it registers
+A new task: one file in this folder with a subclass declaring ``task_name``, ``aliases`` and ``label`` (it registers
 itself, see `tsai_ssl.tasks.registry`) and implementing `make_head`, `make_batch` and `loss`.
 """
 from __future__ import annotations
@@ -82,8 +82,8 @@ class CountMetric(Metric):
 
 
 class PretextTask(Callback):
-    """Base class of the pretext-task callbacks (see the module docstring). Subclasses declare ``name`` (registry
-    key), ``aliases`` and ``label`` (tables), optionally ``epoch_cost`` (an epoch's cost per data step relative to a
+    """Base class of the pretext-task callbacks (see the module docstring). Subclasses declare ``task_name``
+    (registry key), ``aliases`` and ``label`` (tables), optionally ``epoch_cost`` (an epoch's cost per data step relative to a
     supervised epoch), and implement `make_head`, `make_batch`, `loss` and optionally `metrics`, `wrap_backbone`
     and `state_dict` / `load_state_dict` (what `Checkpoint` must save besides the weights).
 
@@ -98,14 +98,14 @@ class PretextTask(Callback):
     """
     order = -5  # before_fit: after TrainEvalCallback (-10), before DistributedTrainer (11), Recorder (50), LRFinder (60)
     _late_order = 70
-    name: str | None = None  # registry key; a subclass without one (a shared base) is not registered
+    task_name: str | None = None  # registry key (not `name`: fastai's Callback.name is the Learner attribute)
     aliases: tuple[str, ...] = ()
     label: str | None = None
     epoch_cost: float = 1.
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if 'name' in cls.__dict__ and cls.name: registry.register(cls)
+        if cls.__dict__.get('task_name'): registry.register(cls)  # a shared base without one is not registered
 
     def __init__(self, save_as: str | Path | None = None, save: str = 'best', seed: int = 0, pad_aware: bool = True):
         if save not in ('best', 'last', 'both'): raise ValueError(f"save must be 'best', 'last' or 'both', not {save!r}")

@@ -61,7 +61,7 @@ class ContrastivePretrain(TwoViewTask):
         window: first cut every series longer than this to a random window (None: no cut).
         save_as, save, seed, pad_aware: see `PretextTask`.
     """
-    name, aliases, label = 'contrastive', ('contrast', 'simclr', 'ntxent', 'nt-xent'), 'contrastive'
+    task_name, aliases, label = 'contrastive', ('contrast', 'simclr', 'ntxent', 'nt-xent'), 'contrastive'
 
     def __init__(self, augs: Sequence[Callable] | Callable | None = None, temperature: float = 0.1,
                  proj_dim: int = 128, hidden: int | None = None, window: int | None = None,

@@ -65,7 +65,7 @@ class MaskedValuePretrain(PretextTask):
             found is part of the task's `state_dict`, so a resumed `Checkpoint` run uses the same one.
         save_as, save, seed, pad_aware: see `PretextTask`.
     """
-    name, aliases, label = 'masked', ('mask', 'masked-value'), 'masked-value'
+    task_name, aliases, label = 'masked', ('mask', 'masked-value'), 'masked-value'
 
     def __init__(self, ratio: float = 0.15, mean_span: float = 5., n_values: int | None = 41, loss: str = 'mse',
                  fill: float | str = 'auto', save_as: str | Path | None = None, save: str = 'best', seed: int = 0,

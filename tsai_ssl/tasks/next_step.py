@@ -90,7 +90,7 @@ class NextStepPretrain(PretextTask):
             fit (with 'shift' the measurement of ``R`` is the check).
         save_as, save, seed, pad_aware: see `PretextTask`.
     """
-    name, aliases, label = 'next', ('next-step', 'nextstep'), 'next-step'
+    task_name, aliases, label = 'next', ('next-step', 'nextstep'), 'next-step'
 
     def __init__(self, horizon: int = 1, n_values: int | None = 41, loss: str = 'mse', causal: str = 'shift',
                  steps: float = 0.25, check: bool = True, save_as: str | Path | None = None, save: str = 'best',

@@ -1,11 +1,11 @@
-"""The task registry: every `PretextTask` subclass that declares a ``name`` registers itself when its module is
+"""The task registry: every `PretextTask` subclass that declares a ``task_name`` registers itself when its module is
 imported, with its aliases, table label, relative epoch cost and the options its constructor accepts.
 
     get_task('next-step')                 # -> NextStepPretrain
     make_task('masked', ratio=0.3)        # an unknown option raises, naming the accepted ones
     task_names()                          # ['masked', 'next', 'contrastive', 'ts2vec', ...]
 
-A new task is one file in ``tsai_ssl/tasks/`` defining the class (with ``name``, ``aliases``, ``label``) and
+A new task is one file in ``tsai_ssl/tasks/`` defining the class (with ``task_name``, ``aliases``, ``label``) and
 one line in ``tsai_ssl/tasks/__init__.py`` importing it; the experiment code and the CLI read this registry.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ def _key(name: str) -> str: return str(name).strip().lower().replace('_', '-')
 
 
 def register(cls: type) -> type:
-    "Add a task class (called by `PretextTask.__init_subclass__` for classes that declare ``name``)."
-    name = cls.name
+    "Add a task class (called by `PretextTask.__init_subclass__` for classes that declare ``task_name``)."
+    name = cls.task_name
     for k in (name, *cls.aliases):
         owner = _ALIASES.get(_key(k))
         if owner is not None and owner != name:
@@ -59,7 +59,7 @@ def get_task(name: str | type) -> type:
 def task_label(name: str) -> str:
     "The label tables and plots use for a task ('masked-value', 'next-step', ...)."
     cls = get_task(name)
-    return cls.label or cls.name
+    return cls.label or cls.task_name
 
 
 def task_options(name: str | type) -> dict[str, object]:
@@ -75,6 +75,6 @@ def make_task(name: str | type, **options):
     accepted = task_options(cls)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise InputError(f"{cls.__name__} ({cls.name}) has no option {', '.join(map(repr, unknown))}: "
+        raise InputError(f"{cls.__name__} ({cls.task_name}) has no option {', '.join(map(repr, unknown))}: "
                          f"it accepts {', '.join(accepted)}")
     return cls(**options)

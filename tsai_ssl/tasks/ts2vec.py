@@ -51,7 +51,7 @@ class TS2VecPretrain(TwoViewTask):
         window: first cut every series longer than this to a random window (None: no cut).
         save_as, save, seed, pad_aware: see `PretextTask`.
     """
-    name, aliases, label = 'ts2vec', ('ts-2-vec',), 'TS2Vec'
+    task_name, aliases, label = 'ts2vec', ('ts-2-vec',), 'TS2Vec'
     epoch_cost = 2.  # two overlapping crops padded to the longest of the batch: about two series per series
 
     def __init__(self, augs: Sequence[Callable] | Callable | None = None, proj_dim: int = 128,

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from tsai_ssl.errors import InputError
 import torch
 import torch.nn.functional as F
 from fastai.metrics import accuracy
@@ -126,14 +127,17 @@ def test_targets_exact_with_tsai_get_ts_dls_and_plain_resnet():
     assert torch.equal(tgt[keep].float(), torch.from_numpy(X[30:40])[keep.cpu()])
 
 
-def test_user_module_and_lr_find():
-    learn = ts_learner(unlabeled_dls(), UserNet(c_out=2), cbs=MaskedValuePretrain())
+def test_user_module_and_lr_find(tmp_path):
+    learn = ts_learner(unlabeled_dls(), UserNet(c_out=2), cbs=MaskedValuePretrain(save_as='ssl'), path=tmp_path)
     learn.create_opt()
     state = learner_state(learn)
     with learn.no_bar(), learn.no_logging(): learn.lr_find(num_it=5, show_plot=False)
     assert_restored(learn, state)
+    assert not (tmp_path / 'models' / 'ssl.pth').exists()  # defect 1: an LR sweep writes no weights
+    assert not (tmp_path / 'models').exists() or not any((tmp_path / 'models').iterdir())  # lr_find's _tmp is gone too
     fit_quiet(learn, 1)
     assert_restored(learn, state)
+    assert (tmp_path / 'models' / 'ssl.pth').exists()  # a real fit does
 
 
 def test_show_preds_png(tmp_path):
@@ -154,9 +158,21 @@ def test_non_integer_input_in_categorical_mode_is_refused():
     X = [np.random.rand(1, 64).astype(np.float32) * 40 for _ in range(8)]
     learn = ts_learner(get_ssl_dls(X, bs=4), ResNetPlus, cbs=MaskedValuePretrain(n_values=41))
     learn.create_opt(); state = learner_state(learn)
-    with pytest.raises(ValueError, match='is not an integer in 0..40'):
+    with pytest.raises(InputError, match='is not an integer in 0..40'):
         fit_quiet(learn, 1)
     assert_restored(learn, state)
+
+
+def test_non_integer_value_error_names_the_series_and_the_fix():
+    "Defect 3: the error points to the series in the user's data (not a shuffled batch position) and to n_values."
+    X = [np.random.default_rng(i).integers(0, 41, (1, 40 + i)).astype(np.float32) for i in range(12)]
+    X[7][0, 13] = 3.5
+    learn = ts_learner(get_ssl_dls(X, bs=4, splits=(range(12), [])), ResNetPlus, cbs=MaskedValuePretrain(ratio=0.5))
+    with pytest.raises(InputError) as e: fit_quiet(learn, 1)
+    msg = str(e.value)
+    assert 'series 7, channel 0, step 13' in msg and '3.5' in msg and 'get_ssl_dls(..., n_values=41)' in msg
+    with pytest.raises(InputError, match=r'X\[7\].*step 13'):  # checked before training, naming the same place
+        get_ssl_dls(X, bs=4, n_values=41)
 
 
 def test_auto_fill_is_raw_minus_one_through_standardize():

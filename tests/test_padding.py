@@ -133,3 +133,26 @@ def test_sync_batchnorm_is_reported_not_silently_unmasked():
     with warnings.catch_warnings():
         warnings.simplefilter('error')
         with padding_aware(ResNetPlus(1, 2)): pass  # plain BatchNorm: no warning
+
+
+def test_ignore_padding_covers_a_pretext_model_without_its_own_padding_awareness():
+    "Defect 9: IgnorePadding + ContrastivePretrain(pad_aware=False) masks the views' padding in the backbone."
+    from tsai_ssl import ContrastivePretrain
+    from tsai_ssl.padding import PaddingAware
+    calls = []
+    orig = PaddingAware._mask_for
+    def spy(self, x):
+        m = orig(self, x)
+        calls.append(m is not None)
+        return m
+    X = poisson_series(16, 20, 120)
+    for cbs, expect in (([ContrastivePretrain(pad_aware=False)], False),
+                        ([ContrastivePretrain(pad_aware=False), IgnorePadding()], True),
+                        ([ContrastivePretrain()], True)):
+        calls.clear()
+        learn = ts_learner(get_ssl_dls(X, bs=8, splits=(range(16), [])), ResNetPlus, nf=8, cbs=cbs)
+        PaddingAware._mask_for = spy
+        try: fit_quiet(learn, 1)
+        finally: PaddingAware._mask_for = orig
+        assert any(calls) == expect, (cbs, sum(calls), len(calls))
+        assert not any(m._forward_hooks or m._forward_pre_hooks or 'forward' in m.__dict__ for m in learn.model.modules())

@@ -1,3 +1,7 @@
+import os
+import stat
+import warnings
+
 import pytest
 import torch
 from fastai.metrics import accuracy
@@ -12,7 +16,7 @@ from tsai.models.XceptionTimePlus import XceptionTimePlus
 from conftest import ar_counts
 from helpers import fit_quiet, unlabeled_dls
 from test_backbone import UserNet
-from tsai_ssl import MaskedValuePretrain, NextStepPretrain, get_ssl_dls, load_pretrained, split_backbone
+from tsai_ssl import MaskedValuePretrain, NextStepPretrain, get_ssl_dls, load_pretrained, save_backbone, split_backbone
 
 
 def labeled_dls(n_classes):
@@ -38,7 +42,7 @@ def test_learn_load_changes_exactly_the_backbone(arch, task, tmp_path):
     for n_classes in (2, 5):
         clf = make(arch, labeled_dls(n_classes))
         before = {k: v.clone() for k, v in clf.model.state_dict().items()}
-        clf.load('ssl', strict=False)  # fastai's own load
+        clf.load('ssl', strict=False, with_opt=False)  # fastai's own load
         after = clf.model.state_dict()
         backbone = set(split_backbone(clf.model).state_dict())
         assert set(saved) == backbone
@@ -93,3 +97,42 @@ def test_exported_learner_keeps_vocab_and_channels(tmp_path):
     clf.export(tmp_path / 'clf.pkl')
     back = load_learner(tmp_path / 'clf.pkl')
     assert list(back.dls.vocab) == list(clf.dls.vocab) and back.dls.vars == 1 and back.dls.c == 3
+
+
+def _documented_load_calls() -> list[str]:
+    "Every `.load(..., strict=False...)` call shown to users: README, notebooks, docstrings and CLI hints."
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    files = [root / 'README.md', *sorted((root / 'nbs').glob('*.ipynb')), *sorted((root / 'tsai_ssl').rglob('*.py'))]
+    calls = []
+    for f in files:
+        calls += [f'{f.name}: {m}' for m in re.findall(r"\.load\([^()]*strict=False[^()]*\)", f.read_text())]
+    return calls
+
+
+def test_documented_load_call_is_quiet(tmp_path):
+    "Defect 6: the call the docs show loads pretrained weights without fastai's 'no optimizer state' warning."
+    calls = _documented_load_calls()
+    assert calls and all('with_opt=False' in c for c in calls), [c for c in calls if 'with_opt=False' not in c]
+    pre = ts_learner(unlabeled_dls(n=24, bs=8), ResNetPlus, cbs=MaskedValuePretrain(save_as='ssl', save='last'))
+    fit_quiet(pre, 1)
+    clf = make(ResNetPlus, labeled_dls(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', UserWarning)  # fastai's "Saved file doesn't contain an optimizer state"
+        clf.load('ssl', strict=False, with_opt=False)
+
+
+def test_weight_files_respect_the_umask(tmp_path):
+    "Defect 7: weights and sidecars get the mode a plain open() gives under the umask (mkstemp alone makes 0600)."
+    old = os.umask(0o022)
+    try:
+        pre = ts_learner(unlabeled_dls(n=24, bs=8), ResNetPlus, cbs=MaskedValuePretrain(save_as='ssl', save='last'))
+        fit_quiet(pre, 1)
+        assert stat.S_IMODE((tmp_path / 'models' / 'ssl.pth').stat().st_mode) == 0o644
+        assert stat.S_IMODE((tmp_path / 'models' / 'ssl.pth.json').stat().st_mode) == 0o644
+        os.umask(0o077)
+        save_backbone(pre.model, tmp_path / 'private.pth')
+        assert stat.S_IMODE((tmp_path / 'private.pth').stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -4,7 +4,7 @@
 including) global pooling and returns features ``(bs, nf, L)``. It *shares* the classifier's modules and
 registers them under the classifier's own attribute names, so ``backbone.state_dict()`` keys are exactly
 the classifier's keys for those tensors: pretrained weights load into a fresh classifier of the same
-architecture with fastai's ``learn.load(name, strict=False)``.
+architecture with fastai's ``learn.load(name, strict=False, with_opt=False)``.
 
 Supported: tsai models with ``.backbone``/``.head`` (ResNetPlus, InceptionTimePlus, XceptionTimePlus,
 FCNPlus, ... as built by `ts_learner`), tsai's plain ResNet, FCN, InceptionTime, XceptionTime, ResCNN,

@@ -1,7 +1,7 @@
 """Saving pretrained backbones and loading them, verified, into standard tsai classifiers.
 
 Files are plain ``state_dict``s of the backbone under the *classifier's* parameter names, so three loaders
-accept them: fastai's ``learn.load(name, strict=False)``, tsai's
+accept them: fastai's ``learn.load(name, strict=False, with_opt=False)``, tsai's
 ``ts_learner(..., pretrained=True, weights_path=path)`` and `load_pretrained` (which also checks that every
 backbone tensor was found with the right shape, and says which were not). A JSON sidecar next to the
 weights records what produced them.
@@ -37,6 +37,7 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
     try:
+        if hasattr(os, 'fchmod'): os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a weights file gets the mode open() would give it
         with os.fdopen(fd, 'wb') as f: torch.save(obj, f)
         os.replace(tmp, path)
     except BaseException:
@@ -45,12 +46,19 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
     return path
 
 
+def _umask() -> int:
+    "The process umask (only readable by setting it: set and put back at once)."
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_backbone(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
     "Write the backbone of `model` (classifier parameter names, CPU tensors) atomically, plus ``<path>.json`` metadata."
     bb = split_backbone(model)
     state = {k: v.detach().cpu().clone() for k, v in bb.state_dict().items()}
     path = atomic_save(state, path)
-    info = dict(arch=bb.arch, nf=bb.nf, n_tensors=len(state), **(meta or {}))
+    info = {'arch': bb.arch, 'nf': bb.nf, 'n_tensors': len(state), **(meta or {})}  # meta may say more (arch_config)
     tmp = path.with_name(path.name + '.json.tmp')
     tmp.write_text(json.dumps(info, indent=1, default=str))
     os.replace(tmp, path.with_name(path.name + '.json'))

@@ -3,7 +3,7 @@
     learn = ts_learner(dls_unlabeled, ResNetPlus, cbs=MaskedValuePretrain(save_as='ssl_resnet'))
     learn.fit_one_cycle(20, 1e-3)
     clf = ts_learner(dls_labeled, ResNetPlus, metrics=accuracy)
-    clf.load('ssl_resnet', strict=False)
+    clf.load('ssl_resnet', strict=False, with_opt=False)
 
 Spans have geometric lengths (mean ``mean_span``) covering ``ratio`` of the real (non-padded) steps, as in
 Zerveas et al., "A Transformer-based Framework for Multivariate Time Series Representation Learning"
@@ -72,6 +72,9 @@ class MaskedValuePretrain(PretextTask):
                  pad_aware: bool = True):
         super().__init__(save_as=save_as, save=save, seed=seed, pad_aware=pad_aware)
         if not 0 < ratio < 1: raise ValueError(f'ratio must be in (0, 1), got {ratio}')
+        if mean_span * (1 - ratio) / ratio < 1 - 1e-9:  # the unmasked runs between spans need a mean length >= 1
+            raise ValueError(f'ratio={ratio} is too high for mean_span={mean_span}: use ratio <= '
+                             f'{mean_span / (mean_span + 1):.3g} or a larger mean_span')
         if n_values is not None and n_values < 2: raise ValueError(f'n_values must be >= 2 or None, got {n_values}')
         if loss not in ('mse', 'huber'): raise ValueError(f"loss must be 'mse' or 'huber', got {loss!r}")
         self.ratio, self.mean_span, self.n_values, self.loss_kind = ratio, mean_span, n_values, loss

@@ -31,11 +31,12 @@ def _rss_mb() -> float:
 def child(arch: str, task: str, L: int, bs: int, saver: bool, device: str, nested: bool = True) -> dict:
     import numpy as np
     import torch
-    from fastai.callback.progress import ProgressCallback
-    from tsai.learner import ts_learner
     import tsai.models.InceptionTimePlus as itp
     import tsai.models.ResNetPlus as rnp
-    from tsai_ssl import (ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, get_ssl_dls)
+    from fastai.callback.progress import ProgressCallback
+    from tsai.learner import ts_learner
+
+    from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, get_ssl_dls
     model = {'ResNetPlus': rnp.ResNetPlus, 'InceptionTimePlus': itp.InceptionTimePlus}[arch]
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next': NextStepPretrain, 'contrastive': ContrastivePretrain}
     from fastai.torch_core import set_seed

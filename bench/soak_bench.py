@@ -45,6 +45,7 @@ def main(argv=None):
     from tsai.data.preprocessing import TSStandardize
     from tsai.learner import ts_learner
     from tsai.models.ResNetPlus import ResNetPlus
+
     from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, get_ssl_dls
 
     class Probe(Callback):

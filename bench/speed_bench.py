@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from functools import partial
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -62,8 +62,14 @@ def bucketing(n: int, bs: int, seed: int = 0):
 
 
 def step_times(L: int, bs: int, reps: int, only=None):
-    from tsai_ssl import (ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, TS2VecPretrain,
-                          get_ssl_dls)
+    from tsai_ssl import (
+        ContrastivePretrain,
+        MaskedValuePretrain,
+        MemorySaver,
+        NextStepPretrain,
+        TS2VecPretrain,
+        get_ssl_dls,
+    )
     rng = np.random.default_rng(0)
     X = rng.integers(0, 41, (2 * bs, 1, L)).astype(np.uint8)
     from tsai_ssl.augment import Jitter, RandomCrop, Scaling, TimeMask
@@ -112,6 +118,7 @@ def mvp_epoch(n: int, L: int, bs: int, reps: int):
     from tsai.callback.MVP import MVP
     from tsai.data.core import get_ts_dls
     from tsai.data.preprocessing import TSStandardize
+
     from tsai_ssl import MaskedValuePretrain, get_ssl_dls
     rng = np.random.default_rng(0)
     X = rng.integers(0, 41, (n, 1, L)).astype(np.float32)

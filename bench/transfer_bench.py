@@ -24,7 +24,6 @@ warnings.filterwarnings('ignore')
 
 
 def mvp_pretrain(X, seed, epochs, lr, bs, workdir):
-    import torch
     from fastai.torch_core import set_seed
     from tsai.callback.MVP import MVP
     from tsai.data.core import get_ts_dls
@@ -92,6 +91,7 @@ def mvp_finetune(X, y, Xte, yte, weights, seed, a):
     from tsai.data.preprocessing import TSStandardize
     from tsai.learner import ts_learner
     from tsai.models.ResNetPlus import ResNetPlus
+
     from tsai_ssl import get_ssl_dls
     from tsai_ssl.experiment import evaluate
     set_seed(seed)

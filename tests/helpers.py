@@ -1,12 +1,9 @@
 "Small builders shared by the task tests."
-import numpy as np
-import torch.nn as nn
+from conftest import ar_counts
 from fastai.callback.core import Callback
 from tsai.data.preprocessing import TSStandardize
-from tsai.learner import ts_learner
 
 from tsai_ssl import get_ssl_dls
-from conftest import ar_counts
 
 
 def unlabeled_dls(n=48, bs=16, tfms=True, **kw):

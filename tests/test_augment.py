@@ -7,8 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from tsai_ssl.augment import (
-    Compose, Jitter, RandomApply, RandomCrop, Resize, Scaling, SegmentPermutation, TimeMask,
-    gather_segments, overlapping_crops,
+    Compose,
+    Jitter,
+    RandomApply,
+    RandomCrop,
+    Resize,
+    Scaling,
+    SegmentPermutation,
+    TimeMask,
+    gather_segments,
+    overlapping_crops,
 )
 
 PAD_SENTINEL = 7.25  # written into padded input positions to check they are left untouched
@@ -213,7 +221,7 @@ def test_resize_matches_interpolate_per_series(mode):
 
 def test_resize_max_len():
     x = torch.randn(3, 2, 100)
-    y, m = Resize(2.0, 3.0, max_len=150)(x, None, generator=torch.Generator().manual_seed(0))
+    y, m = Resize(2.0, 3.0, max_out=150)(x, None, generator=torch.Generator().manual_seed(0))
     assert y.shape[-1] == 150 and m.all()
 
 

@@ -1,16 +1,16 @@
 "Resumable training: an interrupted + resumed fit ends exactly where an uninterrupted one does."
 import functools
 
+import helpers
 import numpy as np
 import pytest
 import torch
+from conftest import ar_counts
 from fastai.torch_core import set_seed
+from helpers import RaiseAt, fit_quiet, unlabeled_dls
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import ar_counts
-import helpers
-from helpers import RaiseAt, fit_quiet, unlabeled_dls
 from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, TS2VecPretrain, get_ssl_dls
 
 

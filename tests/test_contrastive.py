@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import poisson_series
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from tsai_ssl.augment import RandomCrop, Scaling, gather_segments
+from tsai_ssl.augment import RandomCrop, Scaling
 from tsai_ssl.backbone import split_backbone
-from conftest import poisson_series
 from tsai_ssl.data import get_ssl_dls
 from tsai_ssl.embed import get_embeddings
 from tsai_ssl.padding import PaddingAware, clean_input

@@ -160,6 +160,7 @@ def test_n_values_check_names_series_step_and_value(value):
 
 def test_mask_survives_fastai_distributed_wrapper():
     from fastai.distributed import DistributedDL
+
     from tsai_ssl.data import batch_pad_mask
     X = _ints([40, 80, 60, 100])
     dls = get_ssl_dls(X, [0, 1, 0, 1], bs=4, batch_tfms=[TSStandardize()])
@@ -175,6 +176,7 @@ def test_mask_survives_fastai_distributed_wrapper():
 def test_seed_fixes_batch_transform_setup():
     "fastai sets up TSStandardize on a batch drawn inside the loader's constructor: `seed` must fix that batch too."
     import random
+
     from tsai.data.preprocessing import TSStandardize
     rng = np.random.default_rng(0)
     X = [rng.integers(0, 41, (1, int(L))).astype(np.uint8) for L in rng.integers(50, 400, 40)]

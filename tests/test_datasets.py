@@ -7,8 +7,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tsai_ssl.datasets import (Quantizer, available_ucr, load_ucr, make_synthetic, make_synthetic_split,
-                               quantize)
+from tsai_ssl.datasets import Quantizer, available_ucr, load_ucr, make_synthetic, make_synthetic_split, quantize
 
 # -----------------------------------------------------------------------------
 # make_synthetic

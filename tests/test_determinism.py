@@ -1,11 +1,10 @@
 "Same seed and data give identical losses on CPU, for every task (fastai's set_seed + the loaders' own rng)."
 import pytest
-import torch
 from fastai.torch_core import set_seed
+from helpers import fit_quiet, unlabeled_dls
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from helpers import fit_quiet, unlabeled_dls
 from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, TS2VecPretrain
 
 

@@ -4,7 +4,6 @@
 On CPU fastai needs ``learn.distrib_ctx(sync_bn=False, cpu=True)`` (SyncBatchNorm is GPU-only; accelerate only
 starts CPU processes with ``cpu=True``), and its `DistributedDL` broadcasts the shuffled indices as a CUDA tensor
 (NCCL only takes those), which is patched here to a CPU tensor for gloo."""
-import datetime
 import json
 import os
 import socket
@@ -31,13 +30,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     import warnings
     warnings.filterwarnings('ignore')
+    from conftest import ar_counts
     from fastai.distributed import DistributedDL
     from fastai.torch_core import set_seed
     from tsai.learner import ts_learner
     from tsai.models.ResNetPlus import ResNetPlus
 
     import tsai_ssl
-    from conftest import ar_counts
     from tsai_ssl import get_ssl_dls
 
     def broadcast_cpu(self, t, src):
@@ -93,9 +92,10 @@ def test_tasks_under_distrib_ctx(ranks, name):
     assert r0['weights'] == pytest.approx(r1['weights'], rel=1e-5)  # DDP kept the replicas in step
     assert r0['restored'] and r1['restored'] and r0['hooks'] == r1['hooks'] == 0
     assert r0['saved'] and r1['saved'] == []  # only the first process writes the backbone
+    from conftest import ar_counts
     from tsai.learner import ts_learner
     from tsai.models.ResNetPlus import ResNetPlus
-    from conftest import ar_counts
+
     from tsai_ssl import get_ssl_dls, load_pretrained
     X, y = ar_counts(12, n_classes=2)
     assert load_pretrained(ts_learner(get_ssl_dls(X, y, bs=4), ResNetPlus), r0['saved'][0]).transferred

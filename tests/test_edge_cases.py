@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 import torch
+from helpers import fit_quiet
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from helpers import fit_quiet
 from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, get_ssl_dls
 
 

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from conftest import poisson_series
 from tsai.data.preprocessing import TSStandardize
 from tsai.learner import ts_learner
-from tsai.models.layers import Conv1d as TsaiConv1d, Pad1d
+from tsai.models.layers import Conv1d as TsaiConv1d
+from tsai.models.layers import Pad1d
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import poisson_series
 from tsai_ssl.data import get_ssl_dls
 from tsai_ssl.embed import LinearProbe, get_embeddings, linear_probe
 from tsai_ssl.padding import padding_aware

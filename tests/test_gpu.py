@@ -2,14 +2,24 @@
 mixed precision (`to_fp16`). Skipped without CUDA; the CPU suite covers the same code in float32."""
 import pytest
 import torch
+from conftest import ar_counts
 from fastai.metrics import accuracy
+from helpers import fit_quiet
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import ar_counts
-from helpers import fit_quiet
-from tsai_ssl import (Checkpoint, ContrastivePretrain, IgnorePadding, MaskedValuePretrain, MemorySaver, NextStepPretrain,
-                      TS2VecPretrain, get_embeddings, get_ssl_dls, load_pretrained)
+from tsai_ssl import (
+    Checkpoint,
+    ContrastivePretrain,
+    IgnorePadding,
+    MaskedValuePretrain,
+    MemorySaver,
+    NextStepPretrain,
+    TS2VecPretrain,
+    get_embeddings,
+    get_ssl_dls,
+    load_pretrained,
+)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 

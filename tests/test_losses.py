@@ -20,7 +20,11 @@ from torch import nn
 
 from tsai_ssl import losses as L
 from tsai_ssl.losses import (
-    HierarchicalContrastiveLoss, NTXentLoss, gather_with_grad, hierarchical_contrastive_loss, nt_xent,
+    HierarchicalContrastiveLoss,
+    NTXentLoss,
+    gather_with_grad,
+    hierarchical_contrastive_loss,
+    nt_xent,
 )
 
 DT = torch.float64

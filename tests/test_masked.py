@@ -1,19 +1,17 @@
 import numpy as np
 import pytest
-from tsai_ssl.errors import InputError
 import torch
-import torch.nn.functional as F
-from fastai.metrics import accuracy
-from tsai.data.preprocessing import TSStandardize
+from conftest import ar_counts
+from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
+from test_backbone import UserNet
 from tsai.data.core import get_ts_dls
+from tsai.data.preprocessing import TSStandardize
 from tsai.learner import ts_learner
 from tsai.models.ResNet import ResNet
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import ar_counts
-from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
-from test_backbone import UserNet
 from tsai_ssl import MaskedValuePretrain, get_ssl_dls
+from tsai_ssl.errors import InputError
 from tsai_ssl.tasks.targets import IGNORE
 
 

@@ -6,13 +6,22 @@ import pytest
 import torch
 import torch.nn as nn
 from fastai.torch_core import set_seed
+from helpers import RaiseAt, fit_quiet, unlabeled_dls
 from tsai.learner import ts_learner
 from tsai.models.InceptionTimePlus import InceptionTimePlus
 from tsai.models.ResNetPlus import ResNetPlus
 
-from helpers import RaiseAt, fit_quiet, unlabeled_dls
-from tsai_ssl import (ContrastivePretrain, MaskedValuePretrain, MemorySaver, NextStepPretrain, TS2VecPretrain,
-                      checkpoint_blocks, find_blocks, padding_aware, split_backbone)
+from tsai_ssl import (
+    ContrastivePretrain,
+    MaskedValuePretrain,
+    MemorySaver,
+    NextStepPretrain,
+    TS2VecPretrain,
+    checkpoint_blocks,
+    find_blocks,
+    padding_aware,
+    split_backbone,
+)
 from tsai_ssl.memory import _CONTAINERS
 
 
@@ -118,6 +127,7 @@ def test_memory_saver_callback_same_losses(task):
         dls = unlabeled_dls(n=32, bs=8)
         if task is None:  # supervised fine-tuning
             from conftest import ar_counts
+
             from tsai_ssl import get_ssl_dls
             X, y = ar_counts(32, n_classes=2)
             dls = get_ssl_dls(X, y, splits=(range(24), range(24, 32)), bs=8)

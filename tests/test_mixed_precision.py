@@ -7,15 +7,23 @@ precision activations reaching the pretext heads, losses, padding-aware BatchNor
 and the metrics. GradScaler (fp16 loss scaling) is not covered: it needs CUDA."""
 import pytest
 import torch
+from conftest import ar_counts
 from fastai.callback.core import Callback
 from fastai.metrics import accuracy
+from helpers import fit_quiet
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import ar_counts
-from helpers import fit_quiet
-from tsai_ssl import (ContrastivePretrain, IgnorePadding, MaskedValuePretrain, MemorySaver, NextStepPretrain,
-                      TS2VecPretrain, get_ssl_dls, load_pretrained)
+from tsai_ssl import (
+    ContrastivePretrain,
+    IgnorePadding,
+    MaskedValuePretrain,
+    MemorySaver,
+    NextStepPretrain,
+    TS2VecPretrain,
+    get_ssl_dls,
+    load_pretrained,
+)
 
 
 class CPUAutocast(Callback):

@@ -1,11 +1,11 @@
 import pytest
 import torch
+from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
+from test_backbone import UserNet
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 from tsai.models.utils import build_ts_model
 
-from helpers import RaiseAt, Spy, assert_restored, fit_quiet, learner_state, unlabeled_dls
-from test_backbone import UserNet
 from tsai_ssl import NextStepPretrain
 from tsai_ssl.tasks.targets import IGNORE
 
@@ -108,7 +108,8 @@ def test_shift_prediction_never_sees_the_future(arch):
     learn = ts_learner(unlabeled_dls(), arch if arch is ResNetPlus else arch(c_out=2), cbs=cb)
     fit_quiet(learn, 1)
     bb = split_backbone(learn.model)
-    assert cb.pretext_head.shift == lookahead(bb, 1) == (18 if arch is ResNetPlus else 10)  # sum of right paddings: 3 blocks x (3+2+1), 2 x (3+2)
+    # the sum of the right paddings: 3 blocks x (3+2+1), 2 x (3+2)
+    assert cb.pretext_head.shift == lookahead(bb, 1) == (18 if arch is ResNetPlus else 10)
     model = PretextModel(bb, cb.pretext_head).eval()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1, 80, generator=g)
@@ -134,9 +135,9 @@ def test_continuous_mode():
 
 def test_tsai_get_ts_dls_targets_are_raw_integers():
     import numpy as np
+    from conftest import ar_counts
     from tsai.data.core import get_ts_dls
     from tsai.data.preprocessing import TSStandardize
-    from conftest import ar_counts
     X = np.stack(ar_counts(30, min_len=48, max_len=48)[0]).astype(np.float32)
     dls = get_ts_dls(X, splits=(list(range(20)), list(range(20, 30))), batch_tfms=[TSStandardize()], bs=10)
     spy = Spy()

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 import torch
+from conftest import poisson_series
 from fastai.metrics import accuracy
+from helpers import fit_quiet
 from tsai.learner import ts_learner
 from tsai.models.InceptionTimePlus import InceptionTimePlus
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import poisson_series
-from helpers import fit_quiet
 from tsai_ssl import IgnorePadding, get_ssl_dls
 from tsai_ssl.data import batch_pad_mask
 

@@ -4,7 +4,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import ar_counts
 from fastai.metrics import accuracy
+from helpers import fit_quiet, unlabeled_dls
+from test_backbone import UserNet
 from tsai.learner import ts_learner
 from tsai.models.FCN import FCN
 from tsai.models.InceptionTimePlus import InceptionTimePlus
@@ -13,9 +16,6 @@ from tsai.models.ResNetPlus import ResNetPlus
 from tsai.models.TCN import TCN
 from tsai.models.XceptionTimePlus import XceptionTimePlus
 
-from conftest import ar_counts
-from helpers import fit_quiet, unlabeled_dls
-from test_backbone import UserNet
 from tsai_ssl import MaskedValuePretrain, NextStepPretrain, get_ssl_dls, load_pretrained, save_backbone, split_backbone
 
 

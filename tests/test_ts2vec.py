@@ -4,10 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import poisson_series
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from conftest import poisson_series
 from tsai_ssl.augment import RandomCrop, gather_segments
 from tsai_ssl.data import get_ssl_dls
 from tsai_ssl.tasks.ts2vec import TS2VecPretrain

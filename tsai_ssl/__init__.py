@@ -39,13 +39,26 @@ __all__ = list(_NAMES)
 
 def __getattr__(name: str):
     module = _NAMES.get(name)
-    if module is None: raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+    if module is None and not (name[:1].isupper() and name.endswith('Pretrain')):
+        raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
     with warnings.catch_warnings():
         # tsai's model modules call the deprecated torch.jit.script at import: keep the first use silent
         warnings.simplefilter('ignore', FutureWarning)
+        if module is None: return _registered_task(name)
         value = getattr(importlib.import_module(f'.{module}', __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
+
+
+def _registered_task(name: str):
+    "A task class added as a file in tsai_ssl/tasks/ (registered on import) is a public name too."
+    registry = importlib.import_module('.tasks.registry', __name__)
+    for canon in registry.task_names():
+        cls = registry.get_task(canon)
+        if cls.__name__ == name:
+            globals()[name] = cls
+            return cls
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def __dir__():

@@ -447,20 +447,20 @@ class Resize(Augmentation):
     Args:
         min_scale, max_scale: range of the length scale factor.
         mode: ``"linear"`` or ``"nearest"``.
-        max_len: optional cap on the new lengths (memory on long series).
+        max_out: optional cap on the new lengths (memory on long series).
         pad_value: value of the padded positions of the output.
     """
 
     changes_layout = True
 
     def __init__(self, min_scale: float = 0.8, max_scale: float = 1.2, mode: str = "linear",
-                 max_len: int | None = None, pad_value: float = 0.0):
+                 max_out: int | None = None, pad_value: float = 0.0):
         if not 0.0 < min_scale <= max_scale:
             raise ValueError(f"need 0 < min_scale <= max_scale, got {min_scale}, {max_scale}")
         if mode not in ("linear", "nearest"):
             raise ValueError(f"mode must be 'linear' or 'nearest', got {mode!r}")
         self.min_scale, self.max_scale, self.mode = min_scale, max_scale, mode
-        self.max_len, self.pad_value = max_len, pad_value
+        self.max_out, self.pad_value = max_out, pad_value
 
     @property
     def integer_safe(self) -> bool:  # type: ignore[override]
@@ -471,8 +471,8 @@ class Resize(Augmentation):
         n = _lengths(x, mask)
         s = self.min_scale + (self.max_scale - self.min_scale) * _rand(tuple(n.shape), generator, x.device)
         new = torch.round(s * n).long().clamp(min=1)
-        if self.max_len is not None:
-            new = new.clamp(max=self.max_len)
+        if self.max_out is not None:
+            new = new.clamp(max=self.max_out)
         new = torch.where(n > 0, new, n)  # empty series stay empty
         out_len = int(new.max()) if new.numel() else 0
         j = torch.arange(out_len, device=x.device, dtype=torch.float32)

@@ -272,7 +272,7 @@ def _in_chomped_block(backbone: nn.Module, conv_name: str) -> bool:
     return any(type(c).__name__ == 'Chomp1d' for c in parent.modules())
 
 
-def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_len: int = 4096, seed: int = 0) -> int:
+def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_probe: int = 4096, seed: int = 0) -> int:
     """How far ahead the backbone sees: the largest ``j`` such that its output at step ``s`` depends on ``x[..., s+j]``
     (eval mode), measured with gradients of one output step on random inputs.
 
@@ -295,7 +295,7 @@ def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_len: int =
             (grad,) = torch.autograd.grad((y[..., s] * w).sum(), x)
             reach = int(grad.abs().sum((0, 1)).nonzero().max()) - s
             if s + reach < L - 1: return max(reach, 0)
-            if L >= max_len:
+            if L >= max_probe:
                 raise NotImplementedError(f'The output at a step depends on steps up to the end of a {L}-step input: a '
                                           'layer inside the backbone mixes information across all time steps (global '
                                           'pooling, squeeze-excite, attention). Next-step prediction needs a backbone '

@@ -8,7 +8,8 @@ The checkpoint (``learn.path/learn.model_dir/<fname>.pth``, written atomically: 
 previous one intact) holds what the rest of the run depends on: the model being trained (during pretraining the
 backbone *and* the pretext head), the optimizer state (Adam moments of both), the epoch, the random states
 (torch, numpy, Python, and the training loader's shuffling generator), the Recorder's history and smoothed loss,
-and the task's state (`PretextTask.state_dict`: best validation loss, masked-value's fill value). A resumed fit skips the finished epochs (the one-cycle schedule restarts at
+and the task's state (`PretextTask.state_dict`: best validation loss, masked-value's fill value). A resumed fit
+skips the finished epochs (the one-cycle schedule restarts at
 the right point, as with fastai's ``start_epoch``) and, on CPU with the same data and seed, ends with the same
 weights and losses as a run that was never interrupted (tested).
 

@@ -422,7 +422,8 @@ def cmd_pretrain(args) -> int:
                f'{cfg.pretrain_epochs} epochs')
     path, info = E.pretrain(X, task, cfg, path=out, return_info=True)
     loss = info['best_valid_loss']
-    print(f'saved the pretrained {_arch_text(cfg)} backbone ({task} task' + (f', best validation loss {loss:.4g}' if loss is not None else '')
+    best = f', best validation loss {loss:.4g}' if loss is not None else ''
+    print(f'saved the pretrained {_arch_text(cfg)} backbone ({task} task' + best
           + f') to {path}, its architecture and config to {path}.json')
     kwargs = ''.join(f', {k}={v!r}' for k, v in (cfg.arch_config or {}).items())
     print(f'load it into a classifier built the same way: clf = ts_learner(dls, {cfg.arch_name}{kwargs}); '
@@ -500,6 +501,7 @@ def cmd_finetune(args) -> int:
 def cmd_tasks(args) -> int:
     "Every registered task: name, aliases, label, options with defaults."
     import inspect
+
     from .runs import _registry
     reg = _registry()
     for name in reg.task_names():

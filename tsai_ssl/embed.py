@@ -9,7 +9,7 @@ Padding invariance: the backbone runs under `tsai_ssl.padding.padding_aware` (se
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Learner, Metric
 
 from .backbone import Backbone, PretextModel, masked_max, masked_mean, split_backbone
-from .data import (BucketedDL, SeriesDataset, SSLDataLoaders, batch_pad_mask, to_series_list, validate_series)
+from .data import BucketedDL, SeriesDataset, SSLDataLoaders, batch_pad_mask, to_series_list, validate_series
 from .padding import clean_input, padding_aware
 
 __all__ = ['backbone_of', 'pool_features', 'get_embeddings',

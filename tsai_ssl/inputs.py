@@ -91,7 +91,8 @@ def split_data(X, y, test_size: float = 0.25, seed: int = 0, X_test=None, y_test
     if y is None: raise InputError("labels are missing: give y (use -1 for unlabeled series)")
     y = np.asarray(y)
     if y.ndim != 1: raise InputError(f'y has shape {y.shape}: expected one label per series, shape ({len(series)},)')
-    if len(y) != len(series): raise InputError(f'y has {len(y)} labels for {len(series)} series in X: one label per series (-1 = unlabeled)')
+    if len(y) != len(series):
+        raise InputError(f'y has {len(y)} labels for {len(series)} series in X: one label per series (-1 = unlabeled)')
     unl = _unlabeled_mask(y)
     if split is not None and X_test is not None:
         raise InputError('give either split or X_test/y_test, not both')

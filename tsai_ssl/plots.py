@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 __all__ = ['show_masked_preds', 'plot_next_step']
 

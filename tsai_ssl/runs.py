@@ -165,6 +165,7 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     cb = reg.make_task(Task, **kw)  # before any data work: a misspelt option fails here
 
     import torch
+
     from .data import get_ssl_dls
     dev = resolve_device(cfg.device)
     n = len(series)
@@ -229,6 +230,7 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
         _check_weights_arch(weights, cfg)
     import torch
     from fastai.metrics import accuracy as acc_metric
+
     from .data import get_ssl_dls
     from .transfer import load_pretrained
     dev = resolve_device(cfg.device)
@@ -303,7 +305,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     L_tr = np.array([x.shape[-1] for x in X_tr])
     L_tr = np.minimum(L_tr, cfg.max_len) if cfg.max_len else L_tr
     for s in seeds:
-        total += sum(cfg.pretrain_epochs * _units(X_pre, cfg.max_len) * 0.9 * float(getattr(c, 'epoch_cost', 1.)) for c in task_cls.values())
+        units = _units(X_pre, cfg.max_len) * 0.9
+        total += sum(cfg.pretrain_epochs * units * float(c.epoch_cost) for c in task_cls.values())
         for f in fractions:
             n_f = len(subsets[f, s])
             ep_f = epochs_for_steps(n_f, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)

@@ -1,7 +1,18 @@
-"""Pretext tasks: one module each; importing this package registers every shipped task (`registry`)."""
+"""Pretext tasks, one module each. Importing this package imports every module in this folder, and each task class
+registers itself (`registry`): a new task is one new file here, with nothing to add elsewhere."""
+import importlib
+import pkgutil
+
 from .base import CountMetric, PretextModel, PretextTask
+from .contrastive import ContrastivePretrain
 from .masked import MaskedValuePretrain
 from .next_step import NextStepPretrain
-from .contrastive import ContrastivePretrain
-from .ts2vec import TS2VecPretrain
 from .registry import get_task, make_task, task_label, task_names, task_options
+from .ts2vec import TS2VecPretrain
+
+for _m in pkgutil.iter_modules(__path__):  # tasks added later (a MoCo, a VAE) register themselves on import
+    importlib.import_module(f'{__name__}.{_m.name}')
+
+__all__ = ['CountMetric', 'PretextModel', 'PretextTask', 'MaskedValuePretrain', 'NextStepPretrain',
+           'ContrastivePretrain', 'TS2VecPretrain', 'get_task', 'make_task', 'task_label', 'task_names',
+           'task_options']

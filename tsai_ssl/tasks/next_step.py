@@ -31,9 +31,8 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..backbone import causal, check_causal, lookahead
 from .base import CountMetric, PretextTask, sum_over_processes

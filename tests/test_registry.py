@@ -67,3 +67,23 @@ def test_a_base_without_a_name_is_not_registered(clean_registry):
     n = len(registry.task_names())
     class SharedBase(PretextTask): pass
     assert len(registry.task_names()) == n
+
+
+def test_static_task_index_agrees_with_the_registry():
+    "The CLI's import-free task index (read from the task files) lists exactly the registered tasks and aliases."
+    from tsai_ssl.task_index import check_task_names, shipped_tasks
+    index = shipped_tasks()
+    assert sorted(index) == sorted(registry.task_names())
+    for name, aliases in index.items(): assert aliases == registry.get_task(name).aliases
+    assert check_task_names(['Next-Step', 'simclr']) == ['next', 'contrastive']
+    with pytest.raises(InputError, match="unknown task 'mvp'"): check_task_names(['mvp'])
+
+
+def test_cli_refuses_an_unknown_task_without_importing_torch(tmp_path):
+    import subprocess
+    import sys
+    code = ('import sys\nfrom tsai_ssl import cli\nrc = cli.main(["compare", "--synthetic", "--tasks", "masked,bogus"])\n'
+            'print("RC", rc, "torch" in sys.modules, "fastai" in sys.modules)')
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert 'RC 2 False False' in r.stdout, (r.stdout, r.stderr[-2000:])
+    assert "unknown task 'bogus'" in r.stderr

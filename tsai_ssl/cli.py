@@ -29,6 +29,7 @@ from pathlib import Path
 from . import __version__
 from . import experiment as E  # numpy only at import: torch, fastai and tsai load when training starts
 from .errors import InputError
+from .task_index import check_task_names
 
 __all__ = ['main', 'build_parser']
 
@@ -303,6 +304,14 @@ def _resolve_fractions(args, y) -> tuple[float, ...]:
     return fr
 
 
+def _check_task_names(text: str | None) -> None:
+    "A mistyped task name fails at once, before data are loaded or torch is imported (`tsai_ssl.task_index`)."
+    toks = [t for t in str(text or '').replace(' ', ',').split(',') if t]
+    if [t.lower() for t in toks] == ['all']: return
+    try: check_task_names(toks)
+    except InputError as e: raise UsageError(str(e)) from None
+
+
 def _resolve_tasks(args) -> list[str]:
     "Task names from --tasks (imports the task registry, and with it torch: after the cheap checks)."
     from .runs import _registry
@@ -340,6 +349,7 @@ def cmd_compare(args, demo: bool = False) -> int:
     _check_common(args)
     seeds = _parse_seeds(args.seeds)
     if args.fractions is not None: _parse_fractions(args.fractions)  # syntax errors before loading data
+    _check_task_names(args.tasks)
     if not demo:
         data = _load_data(args)
         _say(args, E.describe_data(data))
@@ -405,6 +415,7 @@ def _classes(y) -> list:
 
 def cmd_pretrain(args) -> int:
     _check_common(args)
+    _check_task_names(args.task)
     arch = args.arch or 'ResNetPlus'
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix != '.pth': raise UsageError(f'--out {out}: the weights file name must end in .pth')

@@ -3,12 +3,15 @@ registers itself (`registry`): a new task is one new file here, with nothing to 
 import importlib
 import pkgutil
 
+# isort: off
+# registration order = the order of tables, plots and `tsai-ssl compare`'s default task list
 from .base import CountMetric, PretextModel, PretextTask
-from .contrastive import ContrastivePretrain
 from .masked import MaskedValuePretrain
 from .next_step import NextStepPretrain
-from .registry import get_task, make_task, task_label, task_names, task_options
+from .contrastive import ContrastivePretrain
 from .ts2vec import TS2VecPretrain
+from .registry import get_task, make_task, task_label, task_names, task_options
+# isort: on
 
 for _m in pkgutil.iter_modules(__path__):  # tasks added later (a MoCo, a VAE) register themselves on import
     importlib.import_module(f'{__name__}.{_m.name}')

@@ -12,7 +12,7 @@ series through the backbone; by default each view is a random half of the series
 On request: 'contrastive 50-100% crops' (the earlier default views), 'supervised 2x' (a supervised step on twice the
 batch, what two full-length views cost) and 'next-step pad' (`NextStepPretrain(causal='pad')`).
 '+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time. 'ts2vec' (`TS2VecPretrain`) first cuts
-series longer than 3000 steps to a 3000-step window (its default ``max_len``), so at 30720 steps it does less work
+series longer than 3000 steps to a 3000-step window (its default ``window``), so at 30720 steps it does less work
 than the supervised step it is compared with.
 Part 'mvp': one masked-value pretraining epoch of tsai_ssl's MaskedValuePretrain vs tsai's MVP callback on the
 same fixed-length data, backbone and batch size (each with its own data pipeline: tsai's get_ts_dls for MVP).

@@ -180,3 +180,12 @@ def test_auto_fill_is_raw_minus_one_through_standardize():
     assert auto_fill(x, raw, None, categorical=True).item() == pytest.approx((-1 - 7.) / 3., rel=1e-5)
     lo, hi = x.min().item(), x.max().item()
     assert auto_fill(x, x, None, categorical=False).item() == pytest.approx(lo - 0.1 * (hi - lo), rel=1e-5)
+
+
+def test_non_integer_value_in_a_validation_series_names_its_index_in_the_data():
+    "The series index is the one in X, also for a validation series of a split (not its index in the subset)."
+    X = [np.random.default_rng(i).integers(0, 41, (1, 40 + i)).astype(np.float32) for i in range(12)]
+    X[10][0, 5] = 2.5
+    learn = ts_learner(get_ssl_dls(X, bs=4, splits=(range(8), range(8, 12))), ResNetPlus,
+                       cbs=MaskedValuePretrain(ratio=0.5))
+    with pytest.raises(InputError, match='series 10, channel 0, step 5'): fit_quiet(learn, 1)

@@ -2,6 +2,7 @@
 import copy
 import pickle
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -176,3 +177,17 @@ def test_memory_saver_named_blocks_during_pretraining():
                        cbs=[MaskedValuePretrain(), MemorySaver(blocks=['backbone.0', 'backbone.2'])])
     fit_quiet(learn, 1)
     assert learn.memory_saver.names == ['backbone.0', 'backbone.2']
+
+
+def test_memory_saver_with_linear_probe_on_padded_batches():
+    "LinearProbe embeds with its own padding-aware context inside the fit: the task's mask must still be replayed."
+    from conftest import poisson_series
+
+    from tsai_ssl import LinearProbe, MemorySaver, get_ssl_dls
+    X = poisson_series(24, 20, 120)
+    y = np.arange(24) % 2
+    probe = LinearProbe(X[:12], y[:12], X[12:], y[12:], every=1)
+    learn = ts_learner(get_ssl_dls(X, bs=6, splits=(range(18), range(18, 24))), ResNetPlus, nf=8,
+                       cbs=[MaskedValuePretrain(), MemorySaver(), probe])
+    fit_quiet(learn, 2)  # raised (different tensors saved in the recomputation) when the probe unregistered the task's
+    assert np.isfinite(learn.recorder.values[-1][:2]).all()

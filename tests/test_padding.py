@@ -156,3 +156,14 @@ def test_ignore_padding_covers_a_pretext_model_without_its_own_padding_awareness
         finally: PaddingAware._mask_for = orig
         assert any(calls) == expect, (cbs, sum(calls), len(calls))
         assert not any(m._forward_hooks or m._forward_pre_hooks or 'forward' in m.__dict__ for m in learn.model.modules())
+
+
+def test_nested_contexts_keep_the_outer_registration():
+    "A second PaddingAware over the same layers (LinearProbe inside a task's fit) leaves the outer one registered."
+    from tsai_ssl.padding import PaddingAware, installed
+    m = ResNetPlus(1, 2)
+    with PaddingAware(m) as outer:
+        with PaddingAware(m) as inner:
+            assert installed(m) == [outer, inner]
+        assert installed(m) == [outer]
+    assert installed(m) == []

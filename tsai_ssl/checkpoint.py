@@ -123,7 +123,8 @@ class Checkpoint(Callback):
         self.start_epoch = ck['epoch'] + 1
         self._pending = ck
         task = self._task()
-        if task is not None: task.load_state_dict(ck['task_state'])  # best loss, masked-value's fill value, ...
+        if task is not None:  # best loss, masked-value's fill value, ...; a version-1 file has the best loss only
+            task.load_state_dict(ck.get('task_state') or {'best': ck.get('best')})
         if self.start_epoch >= learn.n_epoch:
             warnings.warn(f'The checkpoint {path} is from the last epoch: nothing left to train.', stacklevel=2)
             raise CancelFitException()

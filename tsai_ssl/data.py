@@ -113,12 +113,15 @@ def validate_series(series: Sequence[np.ndarray], y=None, min_len: int = 1, n_va
 # Dataset and DataLoader
 # ----------------------------------------------------------------------------------------------------
 class SeriesDataset:
-    "Indexable ``(x,)`` or ``(x, y)`` items over a list/store of ``(C, L_i)`` series; ``y`` already encoded as ints."
+    """Indexable ``(x,)`` or ``(x, y)`` items over a list/store of ``(C, L_i)`` series; ``y`` already encoded as ints.
+    ``source_idx[i]``: the index of item ``i`` in the data the user passed (a subset keeps it), for error messages."""
     n_inp = 1
+    source_idx = None  # datasets pickled before it existed: the item index is the source index
 
-    def __init__(self, series, y=None, split_idx: int | None = None):
+    def __init__(self, series, y=None, split_idx: int | None = None, source_idx=None):
         self.series, self.y, self.split_idx = series, y, split_idx
         self.lengths = np.asarray(series.lengths if _is_store(series) else [s.shape[-1] for s in series], dtype=np.int64)
+        self.source_idx = np.arange(len(self.lengths)) if source_idx is None else np.asarray(source_idx, dtype=np.int64)
 
     def __len__(self): return len(self.lengths)
 
@@ -133,7 +136,8 @@ class SeriesDataset:
     def subset(self, idxs) -> 'SeriesDataset':
         idxs = np.asarray(idxs, dtype=np.int64)
         series = [self.series[i] for i in idxs]
-        return SeriesDataset(series, None if self.y is None else self.y[idxs], self.split_idx)
+        src = idxs if self.source_idx is None else self.source_idx[idxs]
+        return SeriesDataset(series, None if self.y is None else self.y[idxs], self.split_idx, source_idx=src)
 
 
 class BucketedDL(TfmdDL):
@@ -158,11 +162,13 @@ class BucketedDL(TfmdDL):
         self.max_len, self.crop, self.pad_value, self.bucket, self.pool_batches = max_len, crop, pad_value, bucket, pool_batches
         if exact and shuffle: raise ValueError('exact=True batches series of one length in length order: use shuffle=False.')
         self.exact = exact
-        self.pad_mask = self.raw_input = self.batch_idxs = None
+        self.pad_mask = self.raw_input = self.batch_idxs = None  # of the batch being processed
         kwargs.setdefault('num_workers', 0)
         if exact: kwargs['num_workers'] = 0  # fastai's workers split the indices in chunks of bs: exact batches are not
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
         self.after_batch = _KeepPadMask(self.after_batch, self)
+
+    exact, batch_idxs = False, None  # loaders exported before these existed
 
     def new(self, dataset=None, cls=None, **kwargs):
         for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches', 'exact'): kwargs.setdefault(k, getattr(self, k))
@@ -194,8 +200,9 @@ class BucketedDL(TfmdDL):
 
     def get_idxs(self):
         n = len(self.dataset)
-        if not self.bucket: return super().get_idxs()
         L = self.effective_lengths()
+        if self.exact: return [int(i) for i in np.argsort(L, kind='stable')]  # equal lengths next to each other
+        if not self.bucket: return super().get_idxs()
         if not self.shuffle: return list(np.argsort(L, kind='stable'))
         perm = np.array(self.rng.sample(range(n), n), dtype=np.int64)
         pool = self.bs * self.pool_batches
@@ -210,6 +217,7 @@ class BucketedDL(TfmdDL):
 
     def padded_fraction(self) -> float:
         "Share of padded positions over one epoch in the current order (what bucketing keeps small)."
+        if self.exact: return 0.  # batches of one length
         idxs = np.asarray(self.get_idxs(), dtype=np.int64)
         L = self.effective_lengths()[idxs]
         n_batches = len(self)
@@ -222,7 +230,8 @@ class BucketedDL(TfmdDL):
     # -- batches ---------------------------------------------------------------------------------------
     def create_item(self, s):
         i = s if s is not None else 0
-        return tuple(self.dataset[i]) + (i,)  # the dataset index travels with the item (`batch_idxs`)
+        src = getattr(self.dataset, 'source_idx', None)
+        return tuple(self.dataset[i]) + (int(src[i]) if src is not None else i,)  # the user's index (`batch_idxs`)
 
     def create_batch(self, b):
         idxs = torch.as_tensor([o[-1] for o in b], dtype=torch.long)

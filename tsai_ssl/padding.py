@@ -17,7 +17,8 @@ functionally (``F.conv1d``) instead of as modules.
 makes its global average/max pooling use real steps only.
 
 The mask reaches the layers one way: ``pa.pad_mask = mask`` before a forward (a pretext task's `PretextModel`
-does it for each of its forwards, `IgnorePadding` for each batch), cleared after it.
+sets it for each of its forwards and clears it after; `IgnorePadding` sets it for each batch of a classifier and
+clears it after the prediction).
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ from .data import batch_pad_mask
 
 __all__ = ['PaddingAware', 'padding_aware', 'installed', 'clean_input', 'IgnorePadding']
 
-_OWNER: 'weakref.WeakKeyDictionary[nn.Module, PaddingAware]' = weakref.WeakKeyDictionary()  # hooked layer -> its context
+# hooked layer -> the entered contexts hooking it, innermost last (contexts nest: LinearProbe embeds with its own
+# context while a pretext task's is entered on the same backbone)
+_OWNERS: 'weakref.WeakKeyDictionary[nn.Module, list[PaddingAware]]' = weakref.WeakKeyDictionary()
 
 
 def clean_input(x: torch.Tensor, pad_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -50,8 +53,8 @@ def installed(module: nn.Module) -> list['PaddingAware']:
     "The entered `PaddingAware` contexts that hook layers of `module` (`tsai_ssl.memory` replays their masks)."
     out = []
     for m in module.modules():
-        pa = _OWNER.get(m)
-        if pa is not None and pa not in out: out.append(pa)
+        for pa in _OWNERS.get(m, ()):
+            if pa not in out: out.append(pa)
     return out
 
 
@@ -102,7 +105,7 @@ class PaddingAware:
                     m.forward = self._bn_forward(m, prev)
                     self._patched.append((m, prev))
                 else: continue
-                _OWNER[m] = self; self._layers.append(m)
+                _OWNERS.setdefault(m, []).append(self); self._layers.append(m)
         except BaseException:
             self.__exit__(None, None, None); raise
         return self
@@ -113,7 +116,9 @@ class PaddingAware:
             if prev is None: m.__dict__.pop('forward', None)
             else: m.forward = prev
         for m in self._layers:
-            if _OWNER.get(m) is self: del _OWNER[m]
+            owners = _OWNERS.get(m, [])
+            if self in owners: owners.remove(self)
+            if not owners: _OWNERS.pop(m, None)
         self._handles, self._patched, self._layers, self.pad_mask = [], [], [], None
         return False
 
@@ -297,10 +302,17 @@ class IgnorePadding(Callback):
         if self._pretext is not None: self._pretext.pa = None
         self._pa, self._hooks, self._pretext, self._installed = None, [], None, False
 
+    def before_fit(self): self._remove()  # left over from a fit that an exception ended (fastai ran no after_fit)
+
     def before_batch(self):
+        if self._installed and self._pretext is not None and self._pretext is not _unwrap(self.learn.model):
+            self._remove()  # another pretext model than the one covered
         if not self._installed: self._install()
         if self._pa is not None and self._pretext is None:  # a classifier: this callback sets its mask
             self._pa.pad_mask = batch_pad_mask(self.learn, self.learn.xb[0])
+
+    def after_pred(self):
+        if self._pa is not None and self._pretext is None: self._pa.pad_mask = None
 
     def _pool_hook(self, mod, args, out):
         m = self._pa._mask_for(args[0]) if self._pa is not None else None

@@ -25,8 +25,8 @@ def _finish(fig, path):
 def show_masked_preds(task, n: int = 3, dl=None, max_steps: int = 400, path: str | Path | None = None):
     """For `n` series: the original values (raw scale), the masked spans (shaded) and the predictions there."""
     out = task.pretext_batch(dl=dl, n=n)
-    raw, pred, xm = out['raw'], out['pred'], out['xb'][0]
-    masked = (xm != out['x']).any(1)  # steps that were filled
+    raw, pred = out['raw'], out['pred']
+    masked = out['xb'][2]  # the masked steps, (n, L)
     fig, axs = _figure(len(raw))
     for i, ax in enumerate(axs):
         L = raw.shape[-1] if out['pad_mask'] is None else int(out['pad_mask'][i].sum())

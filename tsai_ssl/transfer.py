@@ -47,7 +47,11 @@ def atomic_save(obj, path: str | os.PathLike) -> Path:
 
 
 def _umask() -> int:
-    "The process umask (only readable by setting it: set and put back at once)."
+    "The process umask: from /proc on Linux (reading it elsewhere means setting it, which races with other threads)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except OSError: pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

@@ -37,7 +37,7 @@ from fastai.torch_core import rank_distrib
 from ..backbone import Backbone, PretextModel, _eval_mode, infer_c_in, split_backbone
 from ..data import batch_pad_mask, batch_raw_input, batch_series_index
 from ..losses import _dist_world_size as _world_size
-from ..padding import PaddingAware, clean_input
+from ..padding import PaddingAware, clean_input, warn_sync_batchnorm
 from ..transfer import save_backbone, weights_path
 from . import registry
 
@@ -94,7 +94,8 @@ class PretextTask(Callback):
         seed: seed of the fixed validation masks/views (same every epoch, so validation losses compare).
         pad_aware: run the backbone padding-aware (`tsai_ssl.padding.PaddingAware`), so a series gets the same
             features in a padded batch as alone; False runs the plain layers (padded steps then leak into real
-            steps' features near the end of short series and into BatchNorm statistics).
+            steps' features near the end of short series and into BatchNorm statistics), unless `IgnorePadding`
+            is attached too, which then makes the backbone padding-aware.
     """
     order = -5  # before_fit: after TrainEvalCallback (-10), before DistributedTrainer (11), Recorder (50), LRFinder (60)
     _late_order = 70
@@ -111,6 +112,7 @@ class PretextTask(Callback):
         if save not in ('best', 'last', 'both'): raise ValueError(f"save must be 'best', 'last' or 'both', not {save!r}")
         self.save_as, self.save, self.seed, self.pad_aware = save_as, save, seed, pad_aware
         self.pretext_head, self.pretext_backbone, self._saved, self._pa = None, None, None, None
+        self._sync_checked = True
         self.best, self.saved_paths = float('inf'), []
         self._head_state = {}  # the head's optimizer state (Adam moments) between fits
 
@@ -163,7 +165,7 @@ class PretextTask(Callback):
             self._add_head_to_opt()
         except BaseException:
             self._restore(); raise
-        self.best, self._trained = float('inf'), False
+        self.best, self._trained, self._sync_checked = float('inf'), False, False
         # Restore even if something other than CancelFitException escapes an epoch (fastai then skips after_fit).
         orig = learn._do_epoch
         def guarded_do_epoch():
@@ -211,6 +213,9 @@ class PretextTask(Callback):
     # -- batches -------------------------------------------------------------------------------------
     def before_batch(self):
         if not self.attached: return
+        if not self._sync_checked:  # distrib_ctx converts BatchNorm after this task's before_fit: look at the 1st batch
+            self._sync_checked = True
+            if self._pa is not None: warn_sync_batchnorm(self.learn.model)
         x = self.learn.xb[0]
         raw = batch_raw_input(self.learn, x).as_subclass(torch.Tensor)
         x, pad_mask = clean_input(x.as_subclass(torch.Tensor), batch_pad_mask(self.learn, x))

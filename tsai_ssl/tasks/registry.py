@@ -5,8 +5,8 @@ imported, with its aliases, table label, relative epoch cost and the options its
     make_task('masked', ratio=0.3)        # an unknown option raises, naming the accepted ones
     task_names()                          # ['masked', 'next', 'contrastive', 'ts2vec', ...]
 
-A new task is one file in ``tsai_ssl/tasks/`` defining the class (with ``task_name``, ``aliases``, ``label``) and
-one line in ``tsai_ssl/tasks/__init__.py`` importing it; the experiment code and the CLI read this registry.
+A new task is one file in ``tsai_ssl/tasks/`` defining the class (with ``task_name``, ``aliases``, ``label``):
+the package imports every module of the folder, and the experiment code and the CLI read this registry.
 """
 from __future__ import annotations
 

@@ -2,21 +2,21 @@
 
 Every augmentation is a small callable object with the signature::
 
-    x, mask = aug(x, mask, generator=None)
+    x, pad_mask = aug(x, pad_mask, generator=None)
 
-where ``x`` is a float batch ``(bs, C, L)``, right-padded, and ``mask`` is the
+where ``x`` is a float batch ``(bs, C, L)``, right-padded, and ``pad_mask`` is the
 boolean padding mask ``(bs, L)`` (``True`` at real positions, ``None`` = no
 padding).  Each call transforms the whole batch at once with tensor operations
 (no per-sample Python loops), on ``x.device``, and only reads and writes real
 positions:
 
 * layout-preserving augmentations (:class:`Jitter`, :class:`Scaling`,
-  :class:`TimeMask`, :class:`SegmentPermutation`) return the input mask object
+  :class:`TimeMask`, :class:`SegmentPermutation`) return the input padding mask object
   unchanged (``None`` stays ``None``) and leave padded positions bit-for-bit
   untouched;
 * layout-changing augmentations (:class:`RandomCrop`, :class:`Resize`,
   :func:`overlapping_crops`) return a new left-aligned, right-padded batch, whose
-  padded positions hold ``pad_value`` (0 by default), and always return a mask.
+  padded positions hold ``pad_value`` (0 by default), and always return a padding mask.
 
 Augmentations compose with :class:`Compose` (or a plain list passed to it) and can
 be applied to a random subset of the series with :class:`RandomApply`, in the
@@ -54,11 +54,11 @@ Mask = torch.Tensor | None
 
 # ----------------------------------------------------------------------------- helpers
 
-def _lengths(x: torch.Tensor, mask: Mask) -> torch.Tensor:
+def _lengths(x: torch.Tensor, pad_mask: Mask) -> torch.Tensor:
     """Per-series number of real steps, int64 ``(bs,)`` (masks are right-padding masks)."""
-    if mask is None:
+    if pad_mask is None:
         return torch.full((x.shape[0],), x.shape[-1], dtype=torch.long, device=x.device)
-    return mask.sum(dim=1)
+    return pad_mask.sum(dim=1)
 
 
 def _rand(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
@@ -96,9 +96,9 @@ def gather_segments(
         pad_value: value written at the padded positions of the output.
 
     Returns:
-        ``(segments, mask)``: ``segments`` is ``x`` with ``dim`` resized to
+        ``(segments, pad_mask)``: ``segments`` is ``x`` with ``dim`` resized to
         ``out_len``, ``segments[i, ..., t] = x[i, ..., start[i] + t]`` for
-        ``t < length[i]`` and ``pad_value`` elsewhere; ``mask`` is the ``(bs, out_len)``
+        ``t < length[i]`` and ``pad_value`` elsewhere; ``pad_mask`` is the ``(bs, out_len)``
         padding mask (``True`` for ``t < length[i]``).
     """
     dim = dim % x.ndim
@@ -125,19 +125,19 @@ def gather_segments(
 class Augmentation:
     """Base class of the batched augmentations.
 
-    Subclasses implement ``__call__(x, mask, generator=None) -> (x, mask)``.
+    Subclasses implement ``__call__(x, pad_mask, generator=None) -> (x, pad_mask)``.
 
     Attributes:
         integer_safe: the output of integer-valued input is integer-valued (the
             augmentation only moves, drops or overwrites values).
         changes_layout: the augmentation may change the sequence lengths / padding
-            (then it always returns a mask).
+            (then it always returns a padding mask).
     """
 
     integer_safe: bool = False
     changes_layout: bool = False
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         raise NotImplementedError
 
@@ -150,7 +150,7 @@ AugmentFn = Callable[..., tuple[torch.Tensor, Mask]]
 
 
 class Compose(Augmentation):
-    """Apply augmentations one after the other, threading the mask and the generator.
+    """Apply augmentations one after the other, threading the padding mask and the generator.
 
     Args:
         transforms: augmentations (or any callables with the same signature).
@@ -167,11 +167,11 @@ class Compose(Augmentation):
     def changes_layout(self) -> bool:  # type: ignore[override]
         return any(getattr(t, "changes_layout", True) for t in self.transforms)
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         for t in self.transforms:
-            x, mask = t(x, mask, generator=generator)
-        return x, mask
+            x, pad_mask = t(x, pad_mask, generator=generator)
+        return x, pad_mask
 
     def __repr__(self) -> str:
         return f"Compose({self.transforms!r})"
@@ -200,11 +200,11 @@ class RandomApply(Augmentation):
     def integer_safe(self) -> bool:  # type: ignore[override]
         return bool(getattr(self.transform, "integer_safe", False))
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         apply = _rand((x.shape[0],), generator, x.device) < self.p
-        y, _ = self.transform(x, mask, generator=generator)
-        return torch.where(apply.view(-1, *([1] * (x.ndim - 1))), y, x), mask
+        y, _ = self.transform(x, pad_mask, generator=generator)
+        return torch.where(apply.view(-1, *([1] * (x.ndim - 1))), y, x), pad_mask
 
 
 # ----------------------------------------------------------------------------- value augmentations
@@ -225,14 +225,14 @@ class Jitter(Augmentation):
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         self.sigma = sigma
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         rdev = _rand_device(generator, x.device)
         noise = torch.randn(x.shape, generator=generator, device=rdev, dtype=x.dtype).to(x.device)
         y = x + self.sigma * noise
-        if mask is not None:
-            y = torch.where(mask[:, None], y, x)
-        return y, mask
+        if pad_mask is not None:
+            y = torch.where(pad_mask[:, None], y, x)
+        return y, pad_mask
 
 
 class Scaling(Augmentation):
@@ -253,15 +253,15 @@ class Scaling(Augmentation):
             raise ValueError(f"sigma must be >= 0, got {sigma}")
         self.sigma, self.per_channel = sigma, per_channel
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         shape = (x.shape[0], x.shape[1] if self.per_channel else 1, 1)
         rdev = _rand_device(generator, x.device)
         factor = 1.0 + self.sigma * torch.randn(shape, generator=generator, device=rdev).to(x.device, x.dtype)
         y = x * factor
-        if mask is not None:
-            y = torch.where(mask[:, None], y, x)
-        return y, mask
+        if pad_mask is not None:
+            y = torch.where(pad_mask[:, None], y, x)
+        return y, pad_mask
 
 
 class TimeMask(Augmentation):
@@ -288,15 +288,15 @@ class TimeMask(Augmentation):
     def integer_safe(self) -> bool:  # type: ignore[override]
         return float(self.value).is_integer()
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         bs, C, L = x.shape
         if self.per_channel:
-            pad = mask.repeat_interleave(C, dim=0) if mask is not None else None
+            pad = pad_mask.repeat_interleave(C, dim=0) if pad_mask is not None else None
             m = span_mask(bs * C, L, self.ratio, self.mean_span, pad, generator, x.device).view(bs, C, L)
         else:
-            m = span_mask(bs, L, self.ratio, self.mean_span, mask, generator, x.device)[:, None]
-        return x.masked_fill(m, self.value), mask
+            m = span_mask(bs, L, self.ratio, self.mean_span, pad_mask, generator, x.device)[:, None]
+        return x.masked_fill(m, self.value), pad_mask
 
 
 # ----------------------------------------------------------------------------- layout augmentations
@@ -329,9 +329,9 @@ class RandomCrop(Augmentation):
         self.min_frac, self.max_frac, self.min_len = min_frac, max_frac, min_len
         self.keep_len, self.pad_value = keep_len, pad_value
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        lengths = _lengths(x, mask)
+        lengths = _lengths(x, pad_mask)
         frac = self.min_frac + (self.max_frac - self.min_frac) * _rand(tuple(lengths.shape), generator, x.device)
         crop = torch.round(frac * lengths).long()
         crop = torch.minimum(torch.maximum(crop, lengths.clamp(max=self.min_len)), lengths)
@@ -365,7 +365,7 @@ class CropOverlap(NamedTuple):
 
 def overlapping_crops(
     x: torch.Tensor,
-    mask: Mask = None,
+    pad_mask: Mask = None,
     min_overlap_frac: float = 0.0,
     min_overlap_len: int = 2,
     generator: torch.Generator | None = None,
@@ -390,7 +390,7 @@ def overlapping_crops(
 
     Args:
         x: batch ``(bs, C, L)``.
-        mask: padding mask ``(bs, L)`` or ``None``.
+        pad_mask: padding mask ``(bs, L)`` or ``None``.
         min_overlap_frac: minimum overlap as a fraction of each series' length.
         min_overlap_len: minimum overlap in steps (TS2Vec uses ``2 ** (temporal_unit + 1)``);
             a series shorter than that is used whole, by both crops.
@@ -405,7 +405,7 @@ def overlapping_crops(
         raise ValueError(f"min_overlap_frac must be in [0, 1], got {min_overlap_frac}")
     if min_overlap_len < 1:
         raise ValueError(f"min_overlap_len must be >= 1, got {min_overlap_len}")
-    n = _lengths(x, mask)
+    n = _lengths(x, pad_mask)
     lo = torch.ceil(min_overlap_frac * n.double()).long().clamp(min=min_overlap_len)
     lo = torch.minimum(lo, n)
     o = _randint_between(lo, n, generator)
@@ -466,9 +466,9 @@ class Resize(Augmentation):
     def integer_safe(self) -> bool:  # type: ignore[override]
         return self.mode == "nearest"
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        n = _lengths(x, mask)
+        n = _lengths(x, pad_mask)
         s = self.min_scale + (self.max_scale - self.min_scale) * _rand(tuple(n.shape), generator, x.device)
         new = torch.round(s * n).long().clamp(min=1)
         if self.max_out is not None:
@@ -508,11 +508,11 @@ class SegmentPermutation(Augmentation):
             raise ValueError(f"n_segments must be >= 1, got {n_segments}")
         self.n_segments, self.random_cuts = n_segments, random_cuts
 
-    def __call__(self, x: torch.Tensor, mask: Mask = None,
+    def __call__(self, x: torch.Tensor, pad_mask: Mask = None,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, Mask]:
         bs, C, L = x.shape
         k = self.n_segments
-        n = _lengths(x, mask)[:, None]
+        n = _lengths(x, pad_mask)[:, None]
         if self.random_cuts:
             cuts = (_rand((bs, k - 1), generator, x.device) * (n + 1).float()).long()
             cuts = torch.minimum(cuts, n).sort(dim=1).values
@@ -527,4 +527,4 @@ class SegmentPermutation(Augmentation):
         seg = torch.searchsorted(out_end, t, right=True).clamp_(max=k - 1)  # empty segments are skipped
         src = p_start.gather(1, seg) + t - (out_end - p_len).gather(1, seg)
         src = torch.where(t < n, src, t)  # padding maps to itself
-        return x.gather(-1, src[:, None].expand(-1, C, -1)), mask
+        return x.gather(-1, src[:, None].expand(-1, C, -1)), pad_mask

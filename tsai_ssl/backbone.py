@@ -182,22 +182,22 @@ def _eval_mode(m: nn.Module) -> Iterator[None]:
 # ----------------------------------------------------------------------------------------------------
 # Padding-aware pooling
 # ----------------------------------------------------------------------------------------------------
-def _fit_mask(mask: torch.Tensor, L: int) -> torch.Tensor:
-    if mask.shape[-1] == L: return mask
-    return F.interpolate(mask[:, None].float(), size=L, mode='nearest')[:, 0] > 0.5
+def _fit_mask(pad_mask: torch.Tensor, L: int) -> torch.Tensor:
+    if pad_mask.shape[-1] == L: return pad_mask
+    return F.interpolate(pad_mask[:, None].float(), size=L, mode='nearest')[:, 0] > 0.5
 
 
-def masked_mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    "Mean over time of ``h (bs, nf, L)`` using only real steps (``mask (bs, L)`` True); plain mean if mask is None."
-    if mask is None: return h.mean(-1)
-    m = _fit_mask(mask, h.shape[-1]).to(h.dtype)[:, None]
+def masked_mean(h: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
+    "Mean over time of ``h (bs, nf, L)`` using only real steps (``pad_mask (bs, L)`` True); plain mean if pad_mask is None."
+    if pad_mask is None: return h.mean(-1)
+    m = _fit_mask(pad_mask, h.shape[-1]).to(h.dtype)[:, None]
     return (h * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
-def masked_max(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+def masked_max(h: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
     "Max over time of ``h (bs, nf, L)`` using only real steps."
-    if mask is None: return h.amax(-1)
-    m = _fit_mask(mask, h.shape[-1])[:, None]
+    if pad_mask is None: return h.amax(-1)
+    m = _fit_mask(pad_mask, h.shape[-1])[:, None]
     return h.masked_fill(~m, torch.finfo(h.dtype).min).amax(-1)
 
 

@@ -39,12 +39,12 @@ def backbone_of(learn_or_model) -> Backbone:
     return split_backbone(model)
 
 
-def pool_features(h: torch.Tensor, mask: torch.Tensor | None, pool: str | Callable = 'mean') -> torch.Tensor:
+def pool_features(h: torch.Tensor, pad_mask: torch.Tensor | None, pool: str | Callable = 'mean') -> torch.Tensor:
     "Pool backbone features ``(bs, nf, L)`` over real steps: 'mean', 'max', 'meanmax' (concatenated) or a callable."
-    if callable(pool): return pool(h, mask)
-    if pool == 'mean': return masked_mean(h, mask)
-    if pool == 'max': return masked_max(h, mask)
-    if pool == 'meanmax': return torch.cat([masked_mean(h, mask), masked_max(h, mask)], 1)
+    if callable(pool): return pool(h, pad_mask)
+    if pool == 'mean': return masked_mean(h, pad_mask)
+    if pool == 'max': return masked_max(h, pad_mask)
+    if pool == 'meanmax': return torch.cat([masked_mean(h, pad_mask), masked_max(h, pad_mask)], 1)
     raise ValueError(f'pool must be one of {_POOLS} or a callable, not {pool!r}')
 
 
@@ -82,7 +82,7 @@ def get_embeddings(learn_or_model, data, bs: int = 64, pool: str | Callable = 'm
             `RaggedStore`, or a DataLoader (a fastai one is re-made unshuffled and uncropped; a plain torch one is
             used as it is and must yield batches ``x`` or ``(x, ...)`` in order).
         bs: batch size (series are bucketed by length, so little padding).
-        pool: 'mean', 'max', 'meanmax' or ``f(h, mask) -> (bs, d)``; over real steps only.
+        pool: 'mean', 'max', 'meanmax' or ``f(h, pad_mask) -> (bs, d)``; over real steps only.
         progress: show a fastprogress bar when there are more than a few batches.
         pad_aware: run the backbone under `padding_aware`, so a series gets the same embedding alone as padded
             in a batch with longer ones.

@@ -245,10 +245,10 @@ class _MaskedBatchNorm(torch.autograd.Function):
         return gx, None, gw, gb, None
 
 
-def _masked_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _masked_batch_norm(bn: nn.BatchNorm1d, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
     "Batch norm of ``x (bs, C, L)`` with statistics over real steps only; updates running statistics likewise."
     xf = x.float()
-    w = mask[:, None].to(xf.dtype)
+    w = pad_mask[:, None].to(xf.dtype)
     n = w.sum()
     if n < 2: return type(bn).forward(bn, x)
     weight = bn.weight.float() if bn.affine else None

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Metric
+from fastai.torch_core import get_model
 
 from .backbone import Backbone, PretextModel, masked_max, masked_mean, split_backbone
 from .data import BucketedDL, SeriesDataset, SSLDataLoaders, batch_pad_mask, to_series_list, validate_series
@@ -34,7 +35,7 @@ def backbone_of(learn_or_model) -> Backbone:
     """The per-timestep backbone of a Learner or model: the pretext model's backbone during pretraining,
     the classifier's (`split_backbone`) otherwise; (Distributed)DataParallel wrappers are unwrapped."""
     model = learn_or_model.model if isinstance(learn_or_model, Learner) else learn_or_model
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
+    model = get_model(model)  # fastai's: without a (Distributed)DataParallel wrapper
     if isinstance(model, PretextModel): return model.backbone
     return split_backbone(model)
 

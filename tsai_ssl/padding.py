@@ -28,6 +28,7 @@ import weakref
 import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model
 
 from .backbone import PretextModel, masked_max, masked_mean
 from .data import batch_pad_mask
@@ -286,7 +287,7 @@ class IgnorePadding(Callback):
 
     def _install(self):
         self._installed = True
-        model = _unwrap(self.learn.model)
+        model = get_model(self.learn.model)
         if isinstance(model, PretextModel):  # the pretext model's forward sets the mask of its own inputs (views)
             if model.pa is None:
                 self._pa = PaddingAware(model.backbone, self.batchnorm).__enter__()
@@ -305,7 +306,7 @@ class IgnorePadding(Callback):
     def before_fit(self): self._remove()  # left over from a fit that an exception ended (fastai ran no after_fit)
 
     def before_batch(self):
-        if self._installed and self._pretext is not None and self._pretext is not _unwrap(self.learn.model):
+        if self._installed and self._pretext is not None and self._pretext is not get_model(self.learn.model):
             self._remove()  # another pretext model than the one covered
         if not self._installed: self._install()
         if self._pa is not None and self._pretext is None:  # a classifier: this callback sets its mask
@@ -324,11 +325,6 @@ class IgnorePadding(Callback):
     def after_validate(self): self._remove()
     def after_fit(self): self._remove()
     def after_cancel_fit(self): self._remove()
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
-    return model
 
 
 def _to_one(size) -> bool: return (size[0] if isinstance(size, (tuple, list)) else size) == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from .errors import InputError
 
-__all__ = ['shipped_tasks', 'check_task_names']
+__all__ = ['shipped_tasks', 'check_task_names', 'task_key']
 
 _TASKS_DIR = Path(__file__).parent / 'tasks'
 
@@ -43,16 +43,18 @@ def shipped_tasks() -> dict[str, tuple[str, ...]]:
     return found
 
 
-def _key(name: str) -> str: return str(name).strip().lower().replace('_', '-')
+def task_key(name: str) -> str:
+    "How names and aliases compare: case, spaces and '_' vs '-' do not matter (the registry uses it too)."
+    return str(name).strip().lower().replace('_', '-')
 
 
 def check_task_names(names) -> list[str]:
     "The canonical names of `names` (names or aliases, any case); `InputError` for one that is no task."
     tasks = shipped_tasks()
-    lookup = {_key(k): n for n, aliases in tasks.items() for k in (n, *aliases)}
+    lookup = {task_key(k): n for n, aliases in tasks.items() for k in (n, *aliases)}
     out = []
     for name in names:
-        canon = lookup.get(_key(name))
+        canon = lookup.get(task_key(name))
         if canon is None:
             known = ', '.join(f"{n} ({', '.join(a)})" if a else n for n, a in tasks.items())
             raise InputError(f'unknown task {name!r}: choose from {known}')

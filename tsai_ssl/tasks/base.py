@@ -41,13 +41,7 @@ from ..padding import PaddingAware, clean_input, warn_sync_batchnorm
 from ..transfer import save_backbone, weights_path
 from . import registry
 
-__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes', 'unwrap_model']
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    "`model` without (Distributed)DataParallel wrappers."
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)): model = model.module
-    return model
+__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes']
 
 
 def sum_over_processes(t: torch.Tensor) -> torch.Tensor:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import inspect
 
 from ..errors import InputError
+from ..task_index import task_key as _key
 
 __all__ = ['register', 'get_task', 'task_names', 'task_label', 'task_options', 'make_task']
 
 _TASKS: dict[str, type] = {}  # canonical name -> class, in registration (import) order
 _ALIASES: dict[str, str] = {}  # lower-case name or alias -> canonical name
-
-
-def _key(name: str) -> str: return str(name).strip().lower().replace('_', '-')
 
 
 def register(cls: type) -> type:
@@ -35,20 +33,15 @@ def register(cls: type) -> type:
     return cls
 
 
-def _loaded() -> dict[str, type]:
-    # importing this module imported the package `tsai_ssl.tasks` first, and with it every shipped task
-    return _TASKS
-
-
 def task_names() -> list[str]:
     "Canonical names of the registered tasks."
-    return list(_loaded())
+    return list(_TASKS)  # importing this module imported the package, and with it every shipped task
 
 
 def get_task(name: str | type) -> type:
     "The task class for a name or alias (case-insensitive); a class passes through. `InputError` if unknown."
     if isinstance(name, type): return name
-    tasks = _loaded()
+    tasks = _TASKS
     canon = _ALIASES.get(_key(name))
     if canon is None:
         known = ', '.join(f"{n} ({', '.join(c.aliases)})" if c.aliases else n for n, c in tasks.items())

@@ -136,3 +136,32 @@ def test_weight_files_respect_the_umask(tmp_path):
         assert stat.S_IMODE((tmp_path / 'private.pth').stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+@pytest.mark.parametrize('arch', [ResNet, ResNetPlus, FCN], ids=lambda a: a.__name__)
+def test_freeze_fine_tune_and_slice_on_a_pretrained_classifier(arch, tmp_path):
+    # tsai splits ResNetPlus into (backbone, head); ResNet and FCN come as one group, where freeze() froze nothing
+    pre = ts_learner(unlabeled_dls(n=24, bs=8), arch, cbs=MaskedValuePretrain(save_as='ssl', save='last'))
+    fit_quiet(pre, 1)
+    clf = make(arch, labeled_dls(3))
+    load_pretrained(clf, 'ssl')
+    body = {id(p) for p in split_backbone(clf.model).parameters()}
+    clf.freeze()
+    assert len(clf.opt.param_groups) == 2
+    for p in clf.model.parameters():
+        if id(p) not in body: assert p.requires_grad  # the new head trains
+    convs = [m.weight for m in split_backbone(clf.model).modules() if isinstance(m, torch.nn.Conv1d)]
+    assert convs and not any(w.requires_grad for w in convs)  # fastai keeps BatchNorm trainable (train_bn)
+    frozen = [w.detach().clone() for w in convs]
+    fit_quiet(clf, 1)
+    assert all(torch.equal(a, w) for a, w in zip(frozen, convs))
+    clf.unfreeze()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with clf.no_bar(), clf.no_logging(): clf.fit_one_cycle(1, slice(1e-5, 1e-3))
+    lrs = [h['lr'] for h in clf.opt.hypers]
+    assert lrs[0] < lrs[1]  # discriminative: backbone slower than head
+    assert not all(torch.equal(a, w) for a, w in zip(frozen, convs))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with clf.no_bar(), clf.no_logging(): clf.fine_tune(1, 1e-3, freeze_epochs=1, lr_mult=1)

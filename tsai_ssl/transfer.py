@@ -19,7 +19,19 @@ import torch.nn as nn
 
 from .backbone import split_backbone
 
-__all__ = ['save_backbone', 'load_pretrained', 'TransferReport', 'weights_path', 'atomic_save']
+__all__ = ['save_backbone', 'load_pretrained', 'TransferReport', 'weights_path', 'atomic_save', 'backbone_splitter']
+
+
+def backbone_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
+    """fastai splitter: two parameter groups, the backbone `split_backbone` finds and everything else (the head).
+
+    tsai's `ts_splitter` does the same for models with ``backbone`` and ``head`` attributes (ResNetPlus,
+    InceptionTimePlus, ...); the others (ResNet, InceptionTime, FCN, TCN, ...) get one group from tsai, so
+    ``learn.freeze()`` froze nothing and ``lr=slice(lo, hi)`` had one rate. `load_pretrained` installs this
+    splitter on such Learners; ``ts_learner(..., splitter=backbone_splitter)`` does it by hand."""
+    body = list(split_backbone(model).parameters())
+    ids = {id(p) for p in body}
+    return [body, [p for p in model.parameters() if id(p) not in ids]]
 
 
 def weights_path(learn_or_dir, name_or_path: str | os.PathLike) -> Path:
@@ -100,7 +112,9 @@ def load_pretrained(learn_or_model, name_or_path: str | os.PathLike, device=None
     """Load pretrained backbone weights into a classifier (a fastai `Learner` or an nn.Module), verified.
 
     Every tensor of the model's backbone must be in the file with the same shape; otherwise a `ValueError`
-    names the missing and mismatched tensors and nothing is loaded. The classifier head is left as it is.
+    names the missing and mismatched tensors and nothing is loaded. The classifier head is left as it is. A Learner
+    whose splitter gives a single parameter group gets `backbone_splitter` (backbone, head), so ``learn.freeze()``,
+    ``learn.fine_tune()`` and ``lr=slice(lo, hi)`` treat the pretrained backbone and the new head apart.
     """
     model = getattr(learn_or_model, 'model', learn_or_model)
     path = weights_path(learn_or_model if hasattr(learn_or_model, 'model_dir') else None, name_or_path)
@@ -118,8 +132,18 @@ def load_pretrained(learn_or_model, name_or_path: str | os.PathLike, device=None
                          f'{mismatched[:5]}. Build the classifier with the same architecture and settings as in pretraining.')
     with torch.no_grad():
         for k, v in bb_state.items(): v.copy_(state[k])
+    _two_groups(learn_or_model)
     return TransferReport(path, transferred=list(bb_state), skipped=[k for k in state if k not in bb_state],
                           meta=_read_meta(path))
+
+
+def _two_groups(learn) -> None:
+    "A Learner whose splitter gives one group gets `backbone_splitter`, so freeze / fine_tune / slice(lo, hi) act."
+    if not hasattr(learn, 'splitter'): return
+    groups = learn.splitter(learn.model)  # a list of groups, or (fastai's trainable_params) one flat list of tensors
+    if len(groups) > 1 and not isinstance(groups[0], torch.Tensor): return
+    learn.splitter = backbone_splitter
+    learn.opt = None  # fastai builds the optimizer with the new groups at the next fit (or learn.create_opt())
 
 
 def _read_meta(path: Path) -> dict:

@@ -30,7 +30,8 @@ _NAMES = {
     'LinearProbe': 'embed', 'get_embeddings': 'embed', 'linear_probe': 'embed',
     'ContrastivePretrain': 'tasks', 'MaskedValuePretrain': 'tasks', 'NextStepPretrain': 'tasks',
     'PretextModel': 'tasks', 'PretextTask': 'tasks', 'TS2VecPretrain': 'tasks',
-    'TransferReport': 'transfer', 'load_pretrained': 'transfer', 'save_backbone': 'transfer',
+    'TransferReport': 'transfer', 'load_pretrained': 'transfer', 'save_backbone': 'transfer', 'backbone_splitter': 'transfer',
+    'SemiSupervised': 'semi',
     'InputError': 'errors', 'RunConfig': 'config',
 }
 

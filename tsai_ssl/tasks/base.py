@@ -41,7 +41,7 @@ from ..padding import PaddingAware, clean_input, warn_sync_batchnorm
 from ..transfer import save_backbone, weights_path
 from . import registry
 
-__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes']
+__all__ = ['PretextModel', 'PretextTask', 'CountMetric', 'restore_tasks', 'sum_over_processes', 'add_to_opt', 'remove_from_opt']
 
 
 def sum_over_processes(t: torch.Tensor) -> torch.Tensor:
@@ -175,13 +175,7 @@ class PretextTask(Callback):
         return getattr(dls, 'vars', None) or infer_c_in(self.learn.model)
 
     def _add_head_to_opt(self):
-        opt = self.learn.opt
-        params = list(self.pretext_head.parameters())
-        self._saved['n_opt'] = len(opt.param_lists[-1])
-        opt.param_lists[-1] = opt.param_lists[-1] + params  # a new L: `+=` would not reach the optimizer
-        for p in params:  # Adam moments of the head survive between fits
-            if p in self._head_state: opt.state[p] = self._head_state[p]
-            elif not getattr(self.learn, 'wd_bn_bias', False) and p.ndim == 1: opt.state[p] = {'do_wd': False}
+        self._saved['n_opt'] = add_to_opt(self.learn, list(self.pretext_head.parameters()), self._head_state)
 
     def _restore(self):
         if not self.attached: return
@@ -193,12 +187,7 @@ class PretextTask(Callback):
             self._ctx.__exit__(None, None, None)
         finally:
             learn.model, learn.loss_func, learn.metrics = saved['model'], saved['loss_func'], saved['metrics']
-            opt = getattr(learn, 'opt', None)
-            if opt is not None and saved['n_opt'] is not None:
-                group = opt.param_lists[-1]
-                for p in group[saved['n_opt']:]:
-                    if p in opt.state: self._head_state[p] = opt.state.pop(p)
-                opt.param_lists[-1] = group[:saved['n_opt']]
+            remove_from_opt(learn, saved['n_opt'], self._head_state)
             learn.__dict__.pop('_do_epoch', None)
             self.order = type(self).order
 
@@ -277,6 +266,30 @@ class PretextTask(Callback):
         path = weights_path(self.learn, name)
         save_backbone(self.pretext_backbone, path, meta)
         if path not in self.saved_paths: self.saved_paths.append(path)
+
+
+def add_to_opt(learn, params: list, state: dict) -> int:
+    """Append `params` (a pretext head's) to the last parameter group of the Learner's *existing* optimizer (fastai
+    builds it before ``before_fit``). Their optimizer state from an earlier fit comes back from `state`; biases and
+    norm weights get no weight decay unless ``learn.wd_bn_bias``. Returns the group's former length, for
+    `remove_from_opt`."""
+    opt = learn.opt
+    n = len(opt.param_lists[-1])
+    opt.param_lists[-1] = opt.param_lists[-1] + params  # a new L: `+=` would not reach the optimizer
+    for p in params:  # Adam moments of the head survive between fits
+        if p in state: opt.state[p] = state[p]
+        elif not getattr(learn, 'wd_bn_bias', False) and p.ndim == 1: opt.state[p] = {'do_wd': False}
+    return n
+
+
+def remove_from_opt(learn, n: int | None, state: dict) -> None:
+    "Undo `add_to_opt`: the last group back to its first `n` tensors; the removed ones' optimizer state into `state`."
+    opt = getattr(learn, 'opt', None)
+    if opt is None or n is None: return
+    group = opt.param_lists[-1]
+    for p in group[n:]:
+        if p in opt.state: state[p] = opt.state.pop(p)
+    opt.param_lists[-1] = group[:n]
 
 
 def _in_lr_find(learn) -> bool:

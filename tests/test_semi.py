@@ -1,0 +1,70 @@
+import warnings
+
+import pytest
+import torch
+from conftest import ar_counts
+from fastai.callback.core import Callback
+from fastai.metrics import accuracy
+from helpers import fit_quiet, learner_state, unlabeled_dls
+from tsai.data.preprocessing import TSStandardize
+from tsai.learner import ts_learner
+from tsai.models.ResNetPlus import ResNetPlus
+
+from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, SemiSupervised, get_ssl_dls
+
+
+def labeled(n=24, n_classes=3):
+    X, y = ar_counts(n, n_classes=n_classes, seed=5)
+    return get_ssl_dls(X, y, bs=8, batch_tfms=[TSStandardize()])
+
+
+class Losses(Callback):
+    "Record the classifier's loss and the loss that is backpropagated, per training batch."
+    order = 6  # right after SemiSupervised's after_loss
+    def before_fit(self): self.rows = []
+    def after_loss(self):
+        if self.training: self.rows.append((float(self.learn.loss), float(self.learn.loss_grad)))
+
+
+@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain])
+def test_pretext_loss_is_added_and_the_learner_is_restored(task):
+    u = unlabeled_dls(n=32, bs=8)  # variable lengths 60..160: padded batches
+    semi = SemiSupervised(task(), u.train, weight=0.5)
+    spy = Losses()
+    clf = ts_learner(labeled(), ResNetPlus, metrics=accuracy, cbs=[semi, spy])
+    clf.create_opt()
+    before = learner_state(clf)
+    fit_quiet(clf, 1)
+    assert spy.rows
+    for loss, total in spy.rows: assert total > loss  # the pretext loss (positive) was added
+    loss, total = spy.rows[-1]
+    assert total == pytest.approx(loss + 0.5 * semi.pretext_loss, rel=1e-5)
+    assert learner_state(clf) == before  # the head left the optimizer; the model is the classifier
+    preds, _ = clf.get_preds(dl=clf.dls.valid if len(clf.dls.valid) else clf.dls.train)
+    assert torch.isfinite(preds).all()
+
+
+def test_head_trains_only_with_weight_and_lr_find_leaves_it():
+    u = unlabeled_dls(n=32, bs=8)
+    task = MaskedValuePretrain()
+    semi = SemiSupervised(task, u.train, weight=1.)
+    clf = ts_learner(labeled(), ResNetPlus, cbs=semi)
+    fit_quiet(clf, 1)
+    head = {k: v.clone() for k, v in task.pretext_head.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with clf.no_bar(), clf.no_logging(): clf.lr_find(num_it=5, show_plot=False)
+    for k, v in task.pretext_head.state_dict().items(): assert torch.equal(v, head[k]), k
+    fit_quiet(clf, 1)
+    assert any(not torch.equal(v, head[k]) for k, v in task.pretext_head.state_dict().items() if v.is_floating_point())
+    semi.weight, spy = 0., Losses()
+    clf.add_cb(spy)
+    fit_quiet(clf, 1)
+    assert spy.rows and all(total == loss for loss, total in spy.rows)
+
+
+def test_refusals():
+    u = unlabeled_dls(n=32, bs=8)
+    with pytest.raises(ValueError, match="causal='shift'"): SemiSupervised(NextStepPretrain(causal='pad'), u.train)
+    with pytest.raises(TypeError, match='pretext task'): SemiSupervised(object(), u.train)
+    with pytest.raises(ValueError, match='weight'): SemiSupervised(MaskedValuePretrain(), u.train, weight=-1)

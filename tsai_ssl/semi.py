@@ -1,0 +1,131 @@
+"""Semi-supervised fine-tuning: a pretext loss on unlabeled series stays on while the classifier trains.
+
+    dls_u = get_ssl_dls(X_unlabeled, bs=32, max_len=1024)
+    clf = ts_learner(dls_labeled, ResNetPlus, metrics=accuracy,
+                     cbs=SemiSupervised(MaskedValuePretrain(n_values=41), dls_u.train, weight=1.))
+    load_pretrained(clf, 'ssl_resnet')  # optional: start from pretrained weights as well
+    clf.fit_one_cycle(40, 1e-3)
+
+At every training step the callback takes the next batch of the unlabeled loader (cycling through it), turns it into
+the task's inputs and targets, runs it through the classifier's own backbone and the task's head, and adds
+``weight`` x the task's loss to the classifier's loss before the backward pass: one backward, one optimizer step,
+both kinds of batch in one fit. That is how the semi-supervised methods that beat supervised CNNs on UCR at 10%
+labels train (SemiTime, Fan et al., ICASSP 2021; TS-TFC, Liu et al., AAAI 2023): the pretext loss keeps the
+backbone's features general while a few labels pull them toward the classes.
+
+Validation and prediction see the classifier alone. The task's head joins the optimizer for the fit and leaves
+after it (its optimizer state is kept for the next fit); an ``lr_find`` leaves the head as it found it.
+The unlabeled loader's padding mask reaches the backbone through `PaddingAware`, as in pretraining. Pretext
+batches leave BatchNorm's running statistics alone: they are the labeled series'.
+Under ``learn.distrib_ctx()`` the head's gradients are averaged over the processes (the backbone's are, by DDP).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.nn as nn
+from fastai.callback.core import Callback
+
+from .backbone import PretextModel, infer_c_in, split_backbone
+from .data import batch_pad_mask, batch_raw_input, batch_series_index
+from .losses import _dist_world_size
+from .padding import PaddingAware, clean_input
+from .tasks.base import PretextTask, _in_lr_find, add_to_opt, remove_from_opt
+
+__all__ = ['SemiSupervised']
+
+
+@contextlib.contextmanager
+def _running_stats_untouched(model: nn.Module):
+    """BatchNorm layers normalise with batch statistics but leave their running statistics alone. Two reasons: the
+    classifier's forward of this step saved them for its backward (autograd checks that nothing changed them in
+    place), and pretext inputs (masked spans, augmented views) are not what the classifier will be evaluated on."""
+    saved = [(m, m.running_mean, m.running_var) for m in model.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.running_mean is not None]
+    for m, _, _ in saved: m.running_mean = m.running_var = None
+    try: yield
+    finally:
+        for m, mean, var in saved: m.running_mean, m.running_var = mean, var
+
+
+class SemiSupervised(Callback):
+    """fastai callback: classifier loss on labeled batches + ``weight`` x a pretext task's loss on unlabeled ones.
+
+    Args:
+        task: a pretext task (`tsai_ssl.tasks`), used for its head, batches and loss only; it is not added to the
+            Learner. Next-step prediction needs ``causal='shift'`` (the default): 'pad' would change the
+            classifier's own layers for the whole fit.
+        unlabeled: a DataLoader of unlabeled series, e.g. ``get_ssl_dls(X_u, bs=32, max_len=1024).train``;
+            its batch transforms should match the labeled loader's.
+        weight: weight of the pretext loss.
+    """
+    order = 5  # after_loss inside MixedPrecision's autocast (10), before its loss scaling in before_backward
+
+    def __init__(self, task: PretextTask, unlabeled, weight: float = 1.):
+        if not isinstance(task, PretextTask): raise TypeError(f'task must be a tsai_ssl pretext task, got {type(task).__name__}')
+        if getattr(task, 'causal_mode', 'shift') != 'shift':
+            raise ValueError("SemiSupervised runs next-step prediction with causal='shift' only: causal='pad' rewires "
+                             "the classifier's layers for the whole fit")
+        if weight < 0: raise ValueError(f'weight must be >= 0, got {weight}')
+        self.task, self.unlabeled, self.weight = task, unlabeled, weight
+        self._it, self._pa, self._ctx, self._n_opt, self._head_state = None, None, None, None, {}
+        self._model, self._lr_find_head = None, None
+        self.pretext_loss = None  # the last training batch's pretext loss (a float), for logging
+
+    def before_fit(self):
+        self.after_fit()  # left over from a fit that ended in an exception (fastai then runs no after_fit)
+        t, clf = self.task, self.learn.model
+        t.learn = self.learn  # what the task reads of it: the loader's channels, the model (it gets no events)
+        bb = split_backbone(clf)
+        p = next(clf.parameters())
+        if t.pretext_head is None: t.pretext_head = t.make_head(bb.nf, getattr(self.dls, 'vars', None) or infer_c_in(clf))
+        t.pretext_head.to(p.device)
+        t.pretext_backbone = bb
+        self._ctx = t.wrap_backbone(bb)  # next-step: measures the look-ahead it shifts by
+        self._ctx.__enter__()
+        self._pa = PaddingAware(bb).__enter__() if t.pad_aware else None
+        self._model = PretextModel(bb, t.pretext_head, self._pa)
+        self._n_opt = add_to_opt(self.learn, list(t.pretext_head.parameters()), self._head_state)
+        self._lr_find_head = copy.deepcopy(t.pretext_head.state_dict()) if _in_lr_find(self.learn) else None
+
+    def _next_batch(self):
+        if self._it is None: self._it = iter(self.unlabeled)
+        try: return next(self._it)
+        except StopIteration:
+            self._it = iter(self.unlabeled)
+            return next(self._it)
+
+    def after_loss(self):
+        if not self.training or self.weight == 0: return
+        t, dl = self.task, self.unlabeled
+        b = self._next_batch()
+        x = b[0] if isinstance(b, (tuple, list)) else b
+        dev = next(self.learn.model.parameters()).device
+        raw = batch_raw_input(dl, x).as_subclass(torch.Tensor).to(dev)
+        pm = batch_pad_mask(dl, x)
+        x, pad_mask = clean_input(x.as_subclass(torch.Tensor).to(dev), None if pm is None else pm.to(dev))
+        idxs = batch_series_index(dl)
+        t.series_index = lambda i: None if idxs is None else int(idxs[i])  # errors name the unlabeled series
+        self._model.train(self.learn.model.training)
+        xb, yb = t.make_batch(x, pad_mask, raw, None)
+        with _running_stats_untouched(self._model): loss = t.loss(self._model(*xb), *yb)
+        self.pretext_loss = float(loss.detach())
+        self.learn.loss_grad = self.learn.loss_grad + self.weight * loss
+
+    def after_backward(self):
+        if _dist_world_size() < 2: return
+        for p in self.task.pretext_head.parameters():  # not in the DDP module: average its gradients by hand
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= _dist_world_size()
+
+    def after_fit(self):
+        remove_from_opt(self.learn, self._n_opt, self._head_state)
+        self._n_opt = None
+        if self._pa is not None: self._pa.__exit__(None, None, None)
+        if self._ctx is not None: self._ctx.__exit__(None, None, None)
+        self._pa = self._ctx = None
+        if self._lr_find_head is not None: self.task.pretext_head.load_state_dict(self._lr_find_head)
+        self._lr_find_head, self._it = None, None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -241,3 +242,28 @@ def test_progress_bar(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert '50%' in err and 'ETA' in err and '100%' in err
+
+
+def test_recipes_and_semi_supervised_in_compare(tmp_path, counts):
+    import torch
+
+    from tsai_ssl import load_pretrained, split_backbone
+    X, y = counts
+    y = np.arange(len(X)) % 2
+    cfg = E.RunConfig(arch_config={'nf': 8}, pretrain_epochs=1, finetune_epochs=2, bs=8, device='cpu', semi_weight=0.5)
+    with pytest.raises(ExperimentError, match='recipe must be one of full, lp-ft, frozen'): cfg.replace(recipe='lpft')
+    with pytest.raises(ExperimentError, match='semi_weight'): cfg.replace(semi_weight=-1)
+    rows = E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg.replace(recipe='lp-ft'), tasks=('masked',),
+                     fractions=(1.0,), seeds=(0,), workdir=tmp_path, progress=False)
+    methods = [r['method'] for r in rows if r['fraction'] is not None]
+    assert methods == ['scratch', 'masked', 'masked+semi']
+    assert all(0 <= r['accuracy'] <= 1 for r in rows if r['fraction'] is not None)
+    assert E.method_label('masked+semi') == 'masked-value + semi-supervised'
+    # 'frozen': the loaded backbone's convolutions are exactly the pretrained ones after fine-tuning
+    w = next(Path(tmp_path, 'weights').glob('masked_*.pth'))
+    acc, learn = E.finetune(X[:32], y[:32], X[32:], y[32:], cfg.replace(recipe='frozen'), weights=w, return_learner=True)
+    ref = E.finetune(X[:32], y[:32], X[32:], y[32:], cfg.replace(finetune_epochs=1), weights=w, return_learner=True)[1]
+    load_pretrained(ref, w)
+    convs = lambda m: [k for k, v in split_backbone(m).state_dict().items() if v.ndim == 3]
+    a, b = split_backbone(learn.model).state_dict(), split_backbone(ref.model).state_dict()
+    assert convs(learn.model) and all(torch.equal(a[k], b[k]) for k in convs(learn.model))

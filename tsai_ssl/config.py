@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from .errors import InputError
 from .series import check_n_values
 
-__all__ = ['RunConfig', 'ARCHS', 'normalize_arch', 'get_arch', 'resolve_device']
+__all__ = ['RunConfig', 'ARCHS', 'RECIPES', 'normalize_arch', 'get_arch', 'resolve_device']
 
 # tsai classifiers `split_backbone` supports (their time axis is kept until global pooling)
 ARCHS = ('ResNet', 'ResNetPlus', 'InceptionTime', 'InceptionTimePlus', 'XceptionTime', 'XceptionTimePlus',
          'FCN', 'FCNPlus', 'ResCNN', 'TCN')
+
+
+RECIPES = ('full', 'lp-ft', 'frozen')  # fine-tuning from pretrained weights, see RunConfig
 
 
 def normalize_arch(name) -> str:
@@ -76,6 +79,11 @@ class RunConfig:
         n_values: n when the values are the integers 0..n-1 (categorical pretext targets), None for continuous
             targets, 'auto' to decide from the data (`tsai_ssl.series.infer_n_values`).
         valid_pct: share of the pretraining series held out to keep the epoch with the lowest validation loss.
+        recipe: how a classifier trains from pretrained weights: 'full' (every layer at ``lr``), 'lp-ft' (the new
+            head alone for the first quarter of the epochs, then every layer: Kumar et al., ICLR 2022), 'frozen' (the
+            head alone; BatchNorm keeps training: fastai's ``freeze``). From scratch every recipe is 'full'.
+        semi_weight: > 0: fine-tuning from a task's weights keeps that task's loss on the unlabeled series, with this
+            weight (`tsai_ssl.semi.SemiSupervised`); `compare` then adds a ``<task>+semi`` method per task.
         verbose: one line per epoch on stderr.
     """
     arch: object = 'ResNetPlus'
@@ -90,6 +98,8 @@ class RunConfig:
     device: object = 'auto'
     n_values: int | None | str = 'auto'
     valid_pct: float = 0.1
+    recipe: str = 'full'
+    semi_weight: float = 0.
     verbose: bool = False
 
     def __post_init__(self):
@@ -107,6 +117,9 @@ class RunConfig:
         if self.max_len is not None and (not isinstance(self.max_len, int) or self.max_len < 8):
             raise InputError(f'max_len must be None or an integer >= 8, got {self.max_len!r}')
         if not 0 <= self.valid_pct < 1: raise InputError(f'valid_pct must be in [0, 1), got {self.valid_pct!r}')
+        if self.recipe not in RECIPES: raise InputError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if not (isinstance(self.semi_weight, (int, float)) and self.semi_weight >= 0):
+            raise InputError(f'semi_weight must be a number >= 0, got {self.semi_weight!r}')
         if self.n_values != 'auto': object.__setattr__(self, 'n_values', check_n_values(self.n_values))
         _check_device(self.device)
 

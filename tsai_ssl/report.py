@@ -26,6 +26,7 @@ CHANCE_MARGIN = 0.03  # a mean this close to chance (or within 2 std of it) coun
 def method_label(method: str) -> str:
     "How tables and plots name a method: 'from scratch', or the task's label ('masked-value', ...)."
     if method == SCRATCH: return 'from scratch'
+    if method.endswith('+semi'): return method_label(method[:-5]) + ' + semi-supervised'
     from .runs import _registry
     try: return _registry().task_label(method)
     except InputError: return str(method)  # rows from a task this installation does not have

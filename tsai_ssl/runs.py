@@ -209,6 +209,7 @@ def _check_weights_arch(weights, cfg: RunConfig) -> None:
 
 def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, *,
              weights: str | os.PathLike | None = None, export: str | os.PathLike | None = None,
+             semi_task: str | None = None, X_unlabeled=None,
              progress: Progress | None = None, return_learner: bool = False, **overrides):
     """Train the classifier ``config.arch`` on the labeled series (from scratch, or from pretrained backbone
     `weights` loaded and verified with `load_pretrained`), then return its accuracy on the test series.
@@ -218,7 +219,10 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     (load with ``fastai.learner.load_learner``; predict on new series of any length with
     ``learn.dls.test_dl(series)``). ``return_learner=True`` returns ``(accuracy, learn)``. Keyword `overrides`
     change fields of `config` (``epochs=`` is ``finetune_epochs``); the epochs are raised to at least
-    ``finetune_min_steps`` optimizer steps (see `epochs_for_steps`).
+    ``finetune_min_steps`` optimizer steps (see `epochs_for_steps`). ``config.recipe`` says how the layers train
+    from `weights` ('full', 'lp-ft', 'frozen'; the same number of epochs in all). ``semi_task`` with
+    ``config.semi_weight > 0``: that task's loss on `X_unlabeled` (default: the training series) stays on during
+    the fit (`tsai_ssl.semi.SemiSupervised`).
     """
     cfg = _config(config, overrides, 'finetune_epochs')
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
@@ -238,20 +242,45 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n, min(cfg.bs, n)))
     epochs = epochs_for_steps(n, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
-    learn = _make_learner(dls, cfg, dev, metrics=acc_metric,
-                          cbs=[tick_callback(progress, _units(X_tr, cfg.max_len), log=cfg.verbose)])
+    cbs = [tick_callback(progress, _units(X_tr, cfg.max_len), log=cfg.verbose)]
+    if semi_task is not None and cfg.semi_weight > 0:
+        cbs.append(_semi_callback(semi_task, X_tr if X_unlabeled is None else as_series(X_unlabeled, 'X_unlabeled'),
+                                  cfg, dev))
+    learn = _make_learner(dls, cfg, dev, metrics=acc_metric, cbs=cbs)
     if weights is not None:
         try:
             load_pretrained(learn, Path(weights))
         except (FileNotFoundError, ValueError) as e:  # a file that does not fit this classifier is the user's input
             raise InputError(str(e)) from None
+    recipe = cfg.recipe if weights is not None else 'full'
     with _quiet(learn):
+        if recipe == 'lp-ft':  # the head first, so that its random start does not push the backbone around
+            lp = max(1, epochs // 4)
+            learn.freeze()
+            learn.fit_one_cycle(lp, cfg.lr)
+            learn.unfreeze()
+            epochs = max(1, epochs - lp)
+        if recipe == 'frozen': learn.freeze()
         learn.fit_one_cycle(epochs, cfg.lr)
     acc = evaluate(learn, X_te, y_te, bs=cfg.bs)
     if progress is not None: progress.advance(_eval_units(X_te))
     if export is not None: _export(learn, export)
     if dev.type == 'cuda': torch.cuda.empty_cache()
     return (acc, learn) if return_learner else acc
+
+
+def _semi_callback(task: str, X_u: list, cfg: RunConfig, dev):
+    "`SemiSupervised` with `task` on the unlabeled series `X_u`, batched like the pretraining."
+    from .data import get_ssl_dls
+    from .semi import SemiSupervised
+    reg = _registry()
+    Task = reg.get_task(task)
+    n_values = infer_n_values(X_u) if cfg.n_values == 'auto' else cfg.n_values
+    kw = dict(n_values=n_values) if 'n_values' in reg.task_options(Task) else {}
+    cb = reg.make_task(Task, seed=cfg.seed, **kw)
+    dls = get_ssl_dls(X_u, splits=(range(len(X_u)), []), bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len,
+                      n_values=n_values, seed=cfg.seed, device=dev, drop_last=_drop_last(len(X_u), min(cfg.bs, len(X_u))))
+    return SemiSupervised(cb, dls.train, weight=cfg.semi_weight)
 
 
 def evaluate(learn, X_test, y_test, bs: int = 64) -> float:
@@ -310,7 +339,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
         for f in fractions:
             n_f = len(subsets[f, s])
             ep_f = epochs_for_steps(n_f, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
-            total += (1 + len(task_cls)) * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
+            n_fits = 1 + len(task_cls) * (2 if cfg.semi_weight > 0 else 1)
+            total += n_fits * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
     bar = progress if isinstance(progress, Progress) else Progress(total, 'compare', enabled=bool(progress))
 
     rows: list[dict] = []
@@ -342,6 +372,13 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
                     acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar)
                     emit(dict(method=t, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
                               seconds=round(time.time() - t0, 2)))
+                    if cfg.semi_weight > 0:
+                        bar.advance(0, f'seed {s}: {t}+semi, {fmt_frac(f)} labels')
+                        t0 = time.time()
+                        acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar,
+                                       semi_task=t, X_unlabeled=X_pre)
+                        emit(dict(method=f'{t}+semi', fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
+                                  seconds=round(time.time() - t0, 2)))
     finally:
         if not isinstance(progress, Progress): bar.close()
     return rows

@@ -172,6 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument('--finetune-min-steps', type=int, default=d.get('finetune_min_steps', 0),
                        help='raise the fine-tuning epochs of small label fractions to at least this many optimizer steps '
                             '(same for pretrained and scratch)')
+        g.add_argument('--recipe', default='full', choices=E.RECIPES,
+                       help='how a classifier trains from pretrained weights: every layer (full), the head first for a '
+                            'quarter of the epochs (lp-ft), or the head alone (frozen)')
+        g.add_argument('--semi-weight', type=float, default=0.,
+                       help='> 0: also fine-tune each task semi-supervised, its loss on the unlabeled series kept on '
+                            'with this weight (methods <task>+semi)')
         g.add_argument('--out', default=d.get('out', 'runs/compare'),
                        help='folder for results.json, results.csv, summary.csv, accuracy.png and weights/')
 
@@ -360,7 +366,9 @@ def cmd_compare(args, demo: bool = False) -> int:
     if not fractions: raise UsageError('no label fraction leaves every class with a label: pass --fractions')
     default_ep = DEMO['pretrain_epochs'] if demo else 10
     pe, fe = _epochs(args, 'pretrain', default_ep), _epochs(args, 'finetune', DEMO['finetune_epochs'] if demo else 10)
-    cfg = _run_config(args, n_values, pretrain_epochs=pe, finetune_epochs=fe, finetune_min_steps=args.finetune_min_steps)
+    if args.semi_weight < 0: raise UsageError('--semi-weight must be >= 0')
+    cfg = _run_config(args, n_values, pretrain_epochs=pe, finetune_epochs=fe, finetune_min_steps=args.finetune_min_steps,
+                      recipe=args.recipe, semi_weight=args.semi_weight)
     cfg = cfg.replace(verbose=False)  # the comparison shows one progress bar, not a line per epoch
     tasks = _resolve_tasks(args)
     out = Path(args.out)

@@ -52,6 +52,9 @@ def main():
                         'head alone for a third of the steps, then all layers (lpft); the head alone (frozen); fastai\'s '
                         'learn.fine_tune (fine_tune). Task "random" runs the recipe from random weights.')
     p.add_argument('--lr-mult', type=float, default=100, help="fine_tune recipe: fastai's lr_mult (backbone lr = lr / lr_mult)")
+    p.add_argument('--semi-weight', type=float, default=0., help='> 0: also <task>+semi, fine-tuned from the task\'s '
+                   'weights with its loss on all training series kept on (tsai_ssl.SemiSupervised) with this weight')
+    p.add_argument('--only-semi', action='store_true', help='with --semi-weight: the <task>+semi cells only')
     p.add_argument('--tag', default='', help='name of a variant; cells are cached per tag')
     p.add_argument('--scratch-tag', default=None, help='tag of the scratch cells to compare with (default: --tag); '
                    'variants that change only the pretraining or the recipe share one budget\'s scratch runs')
@@ -77,11 +80,16 @@ def main():
                 if _key(cell) not in done: done[_key(cell)] = _write(out, cell, _finetune(a, data, mode, seed, frac, None))
             for task in a.tasks:
                 w = None
-                for frac in a.fractions:
+                for frac in [] if a.only_semi else a.fractions:
                     cell = dict(tag=a.tag, mode=mode, seed=seed, fraction=frac, method=task)
                     if _key(cell) in done: continue
                     if w is None: w = 'random' if task == 'random' else _pretrain(a, data, mode, seed, task)
                     done[_key(cell)] = _write(out, cell, _finetune(a, data, mode, seed, frac, w))
+                for frac in a.fractions if a.semi_weight > 0 and task != 'random' else []:
+                    cell = dict(tag=a.tag, mode=mode, seed=seed, fraction=frac, method=f'{task}+semi')
+                    if _key(cell) in done: continue
+                    if w is None: w = _pretrain(a, data, mode, seed, task)
+                    done[_key(cell)] = _write(out, cell, _finetune(a, data, mode, seed, frac, w, semi=task))
     _table(a, done)
 
 
@@ -159,7 +167,7 @@ def _pretrain(a, data, mode, seed, task):
     return path
 
 
-def _finetune(a, data, mode, seed, frac, weights):
+def _finetune(a, data, mode, seed, frac, weights, semi=None):
     from fastai.metrics import accuracy
 
     from tsai_ssl import get_ssl_dls, load_pretrained
@@ -169,7 +177,14 @@ def _finetune(a, data, mode, seed, frac, weights):
     y = data['y_lab'][idx]
     dls = get_ssl_dls(X, y, splits=(range(len(X)), []), bs=min(a.bs, len(X)), max_len=a.crop or None,
                       batch_tfms=_tfms(mode), seed=seed, drop_last=len(X) > a.bs)
-    learn = _learner(dls, seed, metrics=accuracy)
+    cbs = None
+    if semi is not None:  # the task's loss on every training series (labeled and not) stays on
+        from tsai_ssl import SemiSupervised
+        from tsai_ssl.tasks import make_task
+        du = get_ssl_dls(data['X_pool'], splits=(range(len(data['X_pool'])), []), bs=a.bs, max_len=a.crop or None,
+                         batch_tfms=_tfms(mode), n_values=41, seed=seed, drop_last=True)
+        cbs = SemiSupervised(make_task(semi, seed=seed, **json.loads(a.task_kwargs)), du.train, weight=a.semi_weight)
+    learn = _learner(dls, seed, metrics=accuracy, cbs=cbs)
     if weights is not None and weights != 'random': load_pretrained(learn, weights)
     per_epoch = max(1, len(X) // min(a.bs, len(X)))
     epochs = max(a.finetune_epochs, math.ceil(a.min_steps / per_epoch))
@@ -211,7 +226,7 @@ def _table(a, done):
     print('\ntest accuracy (%), mean ± std over seeds; in brackets the paired difference to scratch (mean ± std)')
     for mode in a.modes:
         print(f'\n{mode}: ' + '  '.join(f'{100 * f:g}% labels'.rjust(26) for f in a.fractions))
-        for m in ['scratch'] + a.tasks:
+        for m in ['scratch'] + a.tasks + ([f'{t}+semi' for t in a.tasks if t != 'random'] if a.semi_weight > 0 else []):
             cells = []
             for f in a.fractions:
                 t = a.scratch_tag if m == 'scratch' else a.tag

@@ -60,6 +60,19 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                          saved=[str(p) for p in task.saved_paths],
                          weights=[float(p.detach().double().sum()) for p in clf.parameters()],
                          hooks=sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in clf.modules()))
+    # semi-supervised fine-tuning: labeled batches are sharded by DistributedDL, the unlabeled loader is the same on
+    # both; DDP averages the backbone's gradients and SemiSupervised the head's, so both replicas stay equal
+    set_seed(0)
+    Xl, yl = ar_counts(24, min_len=48, max_len=120, n_classes=2, seed=1)
+    task = tsai_ssl.MaskedValuePretrain()
+    semi = tsai_ssl.SemiSupervised(task, get_ssl_dls(X, bs=6, seed=0, drop_last=True).train, weight=1.)
+    learn = ts_learner(get_ssl_dls(Xl, yl, splits=(range(16), range(16, 24)), bs=4, seed=0, drop_last=True), ResNetPlus,
+                       cbs=semi)
+    with learn.distrib_ctx(sync_bn=False, cpu=True):
+        with learn.no_bar(): learn.fit_one_cycle(2, 1e-3)
+    res['semi'] = dict(weights=[float(p.detach().double().sum()) for p in learn.model.parameters()],
+                       head=[float(p.detach().double().sum()) for p in task.pretext_head.parameters()],
+                       pretext_loss=semi.pretext_loss, n_opt=[len(g) for g in learn.opt.param_lists])
     # SyncBatchNorm (distrib_ctx's default) needs GPUs: a clear error before the task swaps the model
     learn = ts_learner(get_ssl_dls(X, bs=6, seed=0), ResNetPlus, cbs=tsai_ssl.MaskedValuePretrain())
     clf = learn.model
@@ -99,6 +112,15 @@ def test_tasks_under_distrib_ctx(ranks, name):
     from tsai_ssl import get_ssl_dls, load_pretrained
     X, y = ar_counts(12, n_classes=2)
     assert load_pretrained(ts_learner(get_ssl_dls(X, y, bs=4), ResNetPlus), r0['saved'][0]).transferred
+
+
+def test_semi_supervised_under_distrib_ctx(ranks):
+    _, res = ranks
+    r0, r1 = res[0]['semi'], res[1]['semi']
+    assert r0['pretext_loss'] is not None and r0['pretext_loss'] == r0['pretext_loss']
+    assert r0['weights'] == pytest.approx(r1['weights'], rel=1e-5)
+    assert r0['head'] == pytest.approx(r1['head'], rel=1e-5)  # the head's gradients were averaged too
+    assert r0['n_opt'] == r1['n_opt'] and len(r0['n_opt']) == 2  # the head left the optimizer
 
 
 def test_sync_batchnorm_on_cpu_says_what_to_do(ranks):

@@ -17,7 +17,8 @@ Validation and prediction see the classifier alone. The task's head joins the op
 after it (its optimizer state is kept for the next fit); an ``lr_find`` leaves the head as it found it.
 The unlabeled loader's padding mask reaches the backbone through `PaddingAware`, as in pretraining. Pretext
 batches leave BatchNorm's running statistics alone: they are the labeled series'.
-Under ``learn.distrib_ctx()`` the head's gradients are averaged over the processes (the backbone's are, by DDP).
+Under ``learn.distrib_ctx()`` each process takes its own share of the unlabeled series (fastai's `DistributedDL`),
+and the head's gradients are averaged over the processes (the backbone's are, by DDP).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import copy
 import torch
 import torch.nn as nn
 from fastai.callback.core import Callback
+from fastai.distributed import DistributedDL
 
 from .backbone import PretextModel, infer_c_in, split_backbone
 from .data import batch_pad_mask, batch_raw_input, batch_series_index
@@ -71,7 +73,7 @@ class SemiSupervised(Callback):
         if weight < 0: raise ValueError(f'weight must be >= 0, got {weight}')
         self.task, self.unlabeled, self.weight = task, unlabeled, weight
         self._it, self._pa, self._ctx, self._n_opt, self._head_state = None, None, None, None, {}
-        self._model, self._lr_find_head = None, None
+        self._model, self._lr_find_head, self._dl = None, None, unlabeled
         self.pretext_loss = None  # the last training batch's pretext loss (a float), for logging
 
     def before_fit(self):
@@ -89,17 +91,19 @@ class SemiSupervised(Callback):
         self._model = PretextModel(bb, t.pretext_head, self._pa)
         self._n_opt = add_to_opt(self.learn, list(t.pretext_head.parameters()), self._head_state)
         self._lr_find_head = copy.deepcopy(t.pretext_head.state_dict()) if _in_lr_find(self.learn) else None
+        # under DDP every process takes its own share of the unlabeled series, as DistributedTrainer does for the labeled
+        self._dl = DistributedDL(self.unlabeled) if _dist_world_size() > 1 else self.unlabeled
 
     def _next_batch(self):
-        if self._it is None: self._it = iter(self.unlabeled)
+        if self._it is None: self._it = iter(self._dl)
         try: return next(self._it)
         except StopIteration:
-            self._it = iter(self.unlabeled)
+            self._it = iter(self._dl)
             return next(self._it)
 
     def after_loss(self):
         if not self.training or self.weight == 0: return
-        t, dl = self.task, self.unlabeled
+        t, dl = self.task, self._dl
         b = self._next_batch()
         x = b[0] if isinstance(b, (tuple, list)) else b
         dev = next(self.learn.model.parameters()).device

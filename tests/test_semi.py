@@ -5,7 +5,7 @@ import torch
 from conftest import ar_counts
 from fastai.callback.core import Callback
 from fastai.metrics import accuracy
-from helpers import fit_quiet, learner_state, unlabeled_dls
+from helpers import RaiseAt, fit_quiet, learner_state, unlabeled_dls
 from tsai.data.preprocessing import TSStandardize
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
@@ -68,3 +68,25 @@ def test_refusals():
     with pytest.raises(ValueError, match="causal='shift'"): SemiSupervised(NextStepPretrain(causal='pad'), u.train)
     with pytest.raises(TypeError, match='pretext task'): SemiSupervised(object(), u.train)
     with pytest.raises(ValueError, match='weight'): SemiSupervised(MaskedValuePretrain(), u.train, weight=-1)
+
+
+def test_restored_after_an_interruption():
+    semi = SemiSupervised(MaskedValuePretrain(), unlabeled_dls(n=32, bs=8).train)
+    clf = ts_learner(labeled(), ResNetPlus, cbs=[semi, RaiseAt(it=1)])
+    clf.create_opt()
+    before = learner_state(clf)
+    with pytest.raises(KeyboardInterrupt): fit_quiet(clf, 1)
+    assert learner_state(clf) == before and '_do_epoch' not in clf.__dict__
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in clf.model.modules())  # PaddingAware is gone
+
+
+@pytest.mark.parametrize('weight', [0., 1.])
+def test_the_pretext_loss_alone_moves_the_backbone(weight):
+    "With the classifier's loss multiplied by 0, only the pretext loss on unlabeled batches can move the backbone."
+    from tsai_ssl import split_backbone
+    semi = SemiSupervised(MaskedValuePretrain(), unlabeled_dls(n=32, bs=8).train, weight=weight)
+    clf = ts_learner(labeled(), ResNetPlus, cbs=semi, wd=0., loss_func=lambda p, y: 0. * torch.nn.functional.cross_entropy(p, y))
+    bb = [p.detach().clone() for p in split_backbone(clf.model).parameters()]
+    fit_quiet(clf, 1)
+    moved = any(not torch.equal(a, p) for a, p in zip(bb, split_backbone(clf.model).parameters()))
+    assert moved == (weight > 0)

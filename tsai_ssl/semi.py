@@ -27,7 +27,7 @@ import copy
 
 import torch
 import torch.nn as nn
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.distributed import DistributedDL
 
 from .backbone import PretextModel, infer_c_in, split_backbone
@@ -91,6 +91,13 @@ class SemiSupervised(Callback):
         self._model = PretextModel(bb, t.pretext_head, self._pa)
         self._n_opt = add_to_opt(self.learn, list(t.pretext_head.parameters()), self._head_state)
         self._lr_find_head = copy.deepcopy(t.pretext_head.state_dict()) if _in_lr_find(self.learn) else None
+        orig = self.learn._do_epoch
+        def guarded_do_epoch():  # fastai runs no after_fit when an exception escapes an epoch: clean up here then
+            try: orig()
+            except BaseException as e:
+                if not isinstance(e, (CancelFitException, CancelEpochException)): self.after_fit()
+                raise
+        self.learn._do_epoch = guarded_do_epoch
         # under DDP every process takes its own share of the unlabeled series, as DistributedTrainer does for the labeled
         self._dl = DistributedDL(self.unlabeled) if _dist_world_size() > 1 else self.unlabeled
 
@@ -126,6 +133,7 @@ class SemiSupervised(Callback):
                 p.grad /= _dist_world_size()
 
     def after_fit(self):
+        self.learn.__dict__.pop('_do_epoch', None)
         remove_from_opt(self.learn, self._n_opt, self._head_state)
         self._n_opt = None
         if self._pa is not None: self._pa.__exit__(None, None, None)

@@ -3,6 +3,7 @@ and every bad-input case (exit status 2, one message on stderr, no traceback).""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -173,7 +174,10 @@ def test_unknown_arch_and_task(capsys, npz):
     _bad(capsys, ['pretrain', str(npz), '--arch', 'Transformer'], 'unknown architecture')
     _bad(capsys, ['compare', str(npz), '--tasks', 'masked,jigsaw'], "unknown task 'jigsaw'", 'contrastive')
     _bad(capsys, ['pretrain', str(npz), '--task', 'rotation'], "unknown task 'rotation'")
-    _bad(capsys, ['compare', str(npz), '--tasks', 'mvp'], "unknown task 'mvp'")  # tsai's MVP is another method
+    _bad(capsys, ['compare', str(npz), '--tasks', 'mpv'], "unknown task 'mpv'")
+    from tsai_ssl import cli
+    cli._check_task_names('masked,MVP')  # mvp: tsai's own MVP, a reference method (not an alias of masked)
+    assert cli._resolve_tasks(argparse.Namespace(tasks='masked,MVP')) == ['masked', 'mvp']
 
 
 def test_other_bad_input(capsys, npz, tmp_path):

@@ -267,3 +267,16 @@ def test_recipes_and_semi_supervised_in_compare(tmp_path, counts):
     convs = lambda m: [k for k, v in split_backbone(m).state_dict().items() if v.ndim == 3]
     a, b = split_backbone(learn.model).state_dict(), split_backbone(ref.model).state_dict()
     assert convs(learn.model) and all(torch.equal(a[k], b[k]) for k in convs(learn.model))
+
+
+def test_tsai_mvp_is_a_reference_method_in_compare(tmp_path, counts):
+    X, _ = counts
+    y = np.arange(len(X)) % 2
+    cfg = E.RunConfig(arch_config={'nf': 8}, pretrain_epochs=1, finetune_epochs=1, bs=8, device='cpu', max_len=64)
+    rows = E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg, tasks=('mvp',), fractions=(1.0,), seeds=(0,),
+                     workdir=tmp_path, progress=False)
+    assert [(r['method'], r['fraction']) for r in rows] == [('scratch', 1.0), ('mvp', None), ('mvp', 1.0)]
+    assert 0 <= rows[-1]['accuracy'] <= 1 and np.isfinite(rows[1]['best_valid_loss'])
+    assert E.method_label('mvp') == "tsai's MVP"
+    with pytest.raises(ExperimentError, match='head attribute'):
+        E.pretrain_mvp(X[:8], cfg.replace(arch='ResNet', arch_config=None), path=tmp_path / 'x.pth')

@@ -160,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     def comparison_args(sp, d):
         g = sp.add_argument_group('comparison')
         g.add_argument('--tasks', default=None,
-                       help='comma-separated pretext tasks, or all (default: every task; for the names run: tsai-ssl tasks)')
+                       help='comma-separated pretext tasks, or all (default: every task; for the names run: tsai-ssl tasks); '
+                            "mvp adds tsai's own MVP callback as a reference")
         g.add_argument('--fractions', default=d.get('fractions'),
                        help='labeled fractions of the training series, e.g. 1%%,5%%,100%% or 0.01,0.05,1 ' + (
                             '(default: %(default)s)' if d.get('fractions') else
@@ -314,7 +315,7 @@ def _check_task_names(text: str | None) -> None:
     "A mistyped task name fails at once, before data are loaded or torch is imported (`tsai_ssl.task_index`)."
     toks = [t for t in str(text or '').replace(' ', ',').split(',') if t]
     if [t.lower() for t in toks] == ['all']: return
-    try: check_task_names(toks)
+    try: check_task_names([t for t in toks if t.lower() != 'mvp'])  # mvp: tsai's own MVP, a reference method
     except InputError as e: raise UsageError(str(e)) from None
 
 
@@ -326,7 +327,7 @@ def _resolve_tasks(args) -> list[str]:
     toks = [t for t in str(args.tasks).replace(' ', ',').split(',') if t]
     if not toks: raise UsageError('--tasks: no task given')
     if [t.lower() for t in toks] == ['all']: return reg.task_names()
-    return list(dict.fromkeys(E.normalize_task(t) for t in toks))
+    return list(dict.fromkeys(E.MVP if t.lower() == E.MVP else E.normalize_task(t) for t in toks))
 
 
 def _epochs(args, which: str, default: int) -> int:
@@ -432,14 +433,15 @@ def cmd_pretrain(args) -> int:
     for n in data.notes: _say(args, f'note: {n}')
     _check_series(data)
     n_values = _resolve_n_values(args, data)
-    task = E.normalize_task(args.task)
+    task = E.MVP if args.task.strip().lower() == E.MVP else E.normalize_task(args.task)
     out = out or Path('models') / f'ssl_{task}_{arch}.pth'
     cfg = _run_config(args, n_values, pretrain_epochs=args.epochs or 10, seed=args.seed)
     X = data.X_pretrain
     _quiet_libraries(args)
     _say(args, f'pretraining {_arch_text(cfg)} with the {task} task on {len(X)} series (labels ignored), '
                f'{cfg.pretrain_epochs} epochs')
-    path, info = E.pretrain(X, task, cfg, path=out, return_info=True)
+    if task == E.MVP: path, info = E.pretrain_mvp(X, cfg, path=out, return_info=True)
+    else: path, info = E.pretrain(X, task, cfg, path=out, return_info=True)
     loss = info['best_valid_loss']
     best = f', best validation loss {loss:.4g}' if loss is not None else ''
     print(f'saved the pretrained {_arch_text(cfg)} backbone ({task} task' + best

@@ -12,6 +12,7 @@ that train, so checking inputs stays fast.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -28,9 +29,11 @@ from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset
 from .progress import Progress, tick_callback
 from .series import as_series, infer_n_values
 
-__all__ = ['SCRATCH', 'normalize_task', 'pretrain', 'finetune', 'evaluate', 'epochs_for_steps', 'compare']
+__all__ = ['SCRATCH', 'MVP', 'normalize_task', 'pretrain', 'pretrain_mvp', 'finetune', 'evaluate', 'epochs_for_steps',
+           'compare']
 
 SCRATCH = 'scratch'
+MVP = 'mvp'  # tsai's own masked value prediction (`tsai.callback.MVP`): a reference method in `compare`, not a task
 _STEPS_PER_BATCH = 2 ** 17  # cap on bs * length for full-length (uncropped) validation/test batches
 
 
@@ -196,6 +199,52 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     return (path, info) if return_info else path
 
 
+def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike, progress: Progress | None = None,
+                 return_info: bool = False, **overrides):
+    """Pretrain with tsai's own MVP callback (`tsai.callback.MVP`, masked value prediction), the way tsai documents
+    it, as the reference next to tsai-ssl's tasks: the series NaN-padded to the longest (MVP needs one length; it
+    ignores NaN steps), `TSStandardize`, MVP's 1x1-convolution head in place of the classifier's, training on random
+    windows of ``config.max_len`` steps when that is set, the epoch with the lowest validation loss kept. Needs a tsai
+    model with a ``head`` attribute (ResNetPlus, InceptionTimePlus, ...). Writes ``path`` (the whole model, which
+    `load_pretrained` reads the backbone of) and its JSON sidecar; returns the path (and a dict with
+    ``return_info``)."""
+    cfg = _config(config, overrides, 'pretrain_epochs')
+    series = as_series(X, 'X')
+    if len(series) < 2: raise InputError('MVP needs at least 2 series (one for validation)')
+    import torch
+    from tsai.callback.MVP import MVP as TsaiMVP
+    from tsai.data.core import get_ts_dls
+    path = Path(path).with_suffix('.pth')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(cfg.device)
+    L = max(x.shape[-1] for x in series)
+    arr = np.full((len(series), series[0].shape[0], L), np.nan, np.float32)
+    for i, x in enumerate(series): arr[i, :, :x.shape[-1]] = x
+    perm = np.random.default_rng(cfg.seed).permutation(len(series))
+    n_val = max(1, int(round(max(cfg.valid_pct, 0.1) * len(series))))
+    dls = get_ts_dls(arr, splits=(list(perm[n_val:]), list(perm[:n_val])), batch_tfms=[_standardize()], bs=cfg.bs,
+                     device=dev)
+    window = cfg.max_len if cfg.max_len and cfg.max_len < L else None
+    cb = TsaiMVP(target_dir=str(path.parent), fname=path.stem, window_size=window, verbose=False)
+    units = float(len(series) - n_val) * (window or L)
+    learn = _make_learner(dls, cfg, torch.device('cpu') if dev.type == 'cpu' else dev,
+                          cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
+    if not hasattr(learn.model, 'head'):
+        raise InputError(f"tsai's MVP needs a model with a head attribute: use {cfg.arch_name}Plus or another tsai *Plus model")
+    if path.exists(): path.unlink()
+    t0 = time.time()
+    with _quiet(learn), contextlib.redirect_stdout(io.StringIO()):  # MVP prints its best epoch
+        learn.fit_one_cycle(cfg.pretrain_epochs, cfg.lr)
+    secs = time.time() - t0
+    if not path.exists(): raise InputError("tsai's MVP produced no weights (the validation loss was never finite)")
+    side = path.with_name(path.name + '.json')
+    side.write_text(json.dumps(dict(task=MVP, epochs=cfg.pretrain_epochs)))
+    _record_arch([path], cfg)
+    info = dict(task=MVP, arch=cfg.arch_name, path=str(path), epochs=cfg.pretrain_epochs, n_series=len(series),
+                n_valid=n_val, best_valid_loss=float(cb.best), seconds=round(secs, 2))
+    return (path, info) if return_info else path
+
+
 def _check_weights_arch(weights, cfg: RunConfig) -> None:
     "`InputError` before any training when the weights were pretrained with another architecture or config."
     arch, arch_config = recorded_arch(weights)
@@ -310,7 +359,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     """Pretraining vs training from scratch at several label fractions; returns one dict per run:
 
     ``{'method': 'scratch' | task, 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds'}``
-    (``seconds``: fine-tuning and test time; pretraining runs appear with ``fraction=None``, ``accuracy=None``
+    (``seconds``: fine-tuning and test time; ``'mvp'`` in `tasks` adds tsai's own MVP as a reference, see
+    `pretrain_mvp`; pretraining runs appear with ``fraction=None``, ``accuracy=None``
     and ``best_valid_loss``). For each seed, each task is pretrained once on all training series plus
     `X_unlabeled` (labels ignored) and reused for every fraction; the labeled subset of a fraction is the same
     for every method of a seed. Every fit uses `config` (keyword `overrides` change its fields), with
@@ -319,7 +369,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
     reg = _registry()
-    task_cls = {normalize_task(t): reg.get_task(t) for t in tasks}  # fails before any training
+    with_mvp = any(str(t).strip().lower() == MVP for t in tasks)
+    task_cls = {normalize_task(t): reg.get_task(t) for t in tasks if str(t).strip().lower() != MVP}  # fails before training
     fractions = check_fractions(fractions)
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
     X_unl = as_series(X_unlabeled, 'X_unlabeled') if X_unlabeled is not None and len(X_unlabeled) else []
@@ -336,10 +387,11 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     for s in seeds:
         units = _units(X_pre, cfg.max_len) * 0.9
         total += sum(cfg.pretrain_epochs * units * float(c.epoch_cost) for c in task_cls.values())
+        if with_mvp: total += cfg.pretrain_epochs * units
         for f in fractions:
             n_f = len(subsets[f, s])
             ep_f = epochs_for_steps(n_f, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
-            n_fits = 1 + len(task_cls) * (2 if cfg.semi_weight > 0 else 1)
+            n_fits = 1 + len(task_cls) * (2 if cfg.semi_weight > 0 else 1) + with_mvp
             total += n_fits * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
     bar = progress if isinstance(progress, Progress) else Progress(total, 'compare', enabled=bool(progress))
 
@@ -379,6 +431,19 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
                                        semi_task=t, X_unlabeled=X_pre)
                         emit(dict(method=f'{t}+semi', fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
                                   seconds=round(time.time() - t0, 2)))
+            if with_mvp:
+                bar.advance(0, f"seed {s}: pretrain tsai's MVP")
+                wpath, info = pretrain_mvp(X_pre, cs, path=weights_dir / f'{MVP}_{cs.arch_name}_seed{s}.pth', progress=bar,
+                                           return_info=True)
+                emit(dict(method=MVP, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
+                          best_valid_loss=info['best_valid_loss'], weights=str(wpath)))
+                for f in fractions:
+                    idx = subsets[f, s]
+                    bar.advance(0, f"seed {s}: tsai's MVP, {fmt_frac(f)} labels")
+                    t0 = time.time()
+                    acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar)
+                    emit(dict(method=MVP, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
+                              seconds=round(time.time() - t0, 2)))
     finally:
         if not isinstance(progress, Progress): bar.close()
     return rows

@@ -114,7 +114,8 @@ def load_pretrained(learn_or_model, name_or_path: str | os.PathLike, device=None
     Every tensor of the model's backbone must be in the file with the same shape; otherwise a `ValueError`
     names the missing and mismatched tensors and nothing is loaded. The classifier head is left as it is. A Learner
     whose splitter gives a single parameter group gets `backbone_splitter` (backbone, head), so ``learn.freeze()``,
-    ``learn.fine_tune()`` and ``lr=slice(lo, hi)`` treat the pretrained backbone and the new head apart.
+    ``learn.fine_tune()`` and ``lr=slice(lo, hi)`` treat the pretrained backbone and the new head apart (its optimizer
+    is then rebuilt at the next fit).
     """
     model = getattr(learn_or_model, 'model', learn_or_model)
     path = weights_path(learn_or_model if hasattr(learn_or_model, 'model_dir') else None, name_or_path)

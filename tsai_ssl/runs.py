@@ -211,7 +211,6 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     cfg = _config(config, overrides, 'pretrain_epochs')
     series = as_series(X, 'X')
     if len(series) < 2: raise InputError('MVP needs at least 2 series (one for validation)')
-    import torch
     from tsai.callback.MVP import MVP as TsaiMVP
     from tsai.data.core import get_ts_dls
     path = Path(path).with_suffix('.pth')
@@ -227,8 +226,7 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     window = cfg.max_len if cfg.max_len and cfg.max_len < L else None
     cb = TsaiMVP(target_dir=str(path.parent), fname=path.stem, window_size=window, verbose=False)
     units = float(len(series) - n_val) * (window or L)
-    learn = _make_learner(dls, cfg, torch.device('cpu') if dev.type == 'cpu' else dev,
-                          cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
+    learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
     if not hasattr(learn.model, 'head'):
         raise InputError(f"tsai's MVP needs a model with a head attribute: use {cfg.arch_name}Plus or another tsai *Plus model")
     if path.exists(): path.unlink()

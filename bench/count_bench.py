@@ -46,10 +46,10 @@ def main():
                    help="motifs: `make_synthetic_split` (class = sparse local motifs); texture: `texture_counts` below "
                         "(class = how the count process behaves everywhere: roughness, bursts, period, dispersion)")
     p.add_argument('--task-kwargs', default='{}', help='JSON options of the task, e.g. \'{"ratio": 0.3}\'')
-    p.add_argument('--recipe', default='full', choices=['full', 'bn-recal', 'reinit-last', 'lpft', 'frozen', 'fine_tune'],
+    p.add_argument('--recipe', default='full', choices=['full', 'bn-recal', 'reinit-last', 'lp-ft', 'frozen', 'fine_tune'],
                    help='fine-tuning from pretrained weights: all layers (full); BatchNorm statistics recomputed on the '
                         'labeled series first (bn-recal); the last residual block re-initialised (reinit-last); '
-                        'head alone for a third of the steps, then all layers (lpft); the head alone (frozen); fastai\'s '
+                        'head alone for a third of the steps, then all layers (lp-ft); the head alone (frozen); fastai\'s '
                         'learn.fine_tune (fine_tune). Task "random" runs the recipe from random weights.')
     p.add_argument('--lr-mult', type=float, default=100, help="fine_tune recipe: fastai's lr_mult (backbone lr = lr / lr_mult)")
     p.add_argument('--semi-weight', type=float, default=0., help='> 0: also <task>+semi, fine-tuned from the task\'s '
@@ -192,7 +192,7 @@ def _finetune(a, data, mode, seed, frac, weights, semi=None):
     with learn.no_bar(), learn.no_logging():
         if weights is not None and a.recipe == 'bn-recal': _recalibrate_bn(learn)
         if weights is not None and a.recipe == 'reinit-last': _reinit_last_block(learn.model)
-        if weights is not None and a.recipe == 'lpft':
+        if weights is not None and a.recipe == 'lp-ft':
             learn.freeze(); learn.fit_one_cycle(max(1, epochs // 3), a.lr); learn.unfreeze()
         if weights is not None and a.recipe == 'frozen': learn.freeze()
         if weights is not None and a.recipe == 'fine_tune': learn.fine_tune(epochs, a.lr, lr_mult=a.lr_mult)

@@ -186,6 +186,7 @@ def test_other_bad_input(capsys, npz, tmp_path):
     _bad(capsys, ['compare', '--ucr', 'NoSuchSet'], "unknown UCR data set 'NoSuchSet'", 'GunPoint')
     _bad(capsys, ['compare', str(npz), '--seeds', 'x'], '--seeds')
     _bad(capsys, ['compare', str(npz), '--device', 'tpu'], "--device 'tpu'")
+    _bad(capsys, ['compare', str(npz), '--semi-weight', '-1'], '--semi-weight must be >= 0')
     _bad(capsys, ['finetune', str(npz), '--weights', str(tmp_path / 'none.pth')], 'weights file not found')
     _bad(capsys, ['compare', str(npz), '--epochs', '0'], '--epochs must be at least 1')
     p = tmp_path / 'nan.npz'

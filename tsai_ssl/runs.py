@@ -399,49 +399,37 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
         rows.append(row)
         if on_result is not None: on_result(row)
 
+    def fit(method: str, label: str, s: int, f: float, cs: RunConfig, **kw):
+        "Fine-tune (or train from scratch) on the labeled subset of fraction `f`, seed `s`, and emit its row."
+        idx = subsets[f, s]
+        bar.advance(0, f'seed {s}: {label}, {fmt_frac(f)} labels')
+        t0 = time.time()
+        acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, progress=bar, **kw)
+        emit(dict(method=method, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
+                  seconds=round(time.time() - t0, 2)))
+
+    def pretrained(method: str, s: int, wpath, info: dict):
+        emit(dict(method=method, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
+                  best_valid_loss=info['best_valid_loss'], weights=str(wpath)))
+
     try:
         for s in seeds:
             cs = cfg.replace(seed=s)
-            for f in fractions:
-                idx = subsets[f, s]
-                bar.advance(0, f'seed {s}: scratch, {fmt_frac(f)} labels')
-                t0 = time.time()
-                acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, progress=bar)
-                emit(dict(method=SCRATCH, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
-                          seconds=round(time.time() - t0, 2)))
+            for f in fractions: fit(SCRATCH, SCRATCH, s, f, cs)
             for t in task_cls:
                 bar.advance(0, f'seed {s}: pretrain {t}')
                 wpath, info = pretrain(X_pre, t, cs, path=weights_dir / f'{t}_{cs.arch_name}_seed{s}.pth',
                                        progress=bar, return_info=True)
-                emit(dict(method=t, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
-                          best_valid_loss=info['best_valid_loss'], weights=str(wpath)))
+                pretrained(t, s, wpath, info)
                 for f in fractions:
-                    idx = subsets[f, s]
-                    bar.advance(0, f'seed {s}: {t}, {fmt_frac(f)} labels')
-                    t0 = time.time()
-                    acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar)
-                    emit(dict(method=t, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
-                              seconds=round(time.time() - t0, 2)))
-                    if cfg.semi_weight > 0:
-                        bar.advance(0, f'seed {s}: {t}+semi, {fmt_frac(f)} labels')
-                        t0 = time.time()
-                        acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar,
-                                       semi_task=t, X_unlabeled=X_pre)
-                        emit(dict(method=f'{t}+semi', fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
-                                  seconds=round(time.time() - t0, 2)))
+                    fit(t, t, s, f, cs, weights=wpath)
+                    if cfg.semi_weight > 0: fit(f'{t}+semi', f'{t}+semi', s, f, cs, weights=wpath, semi_task=t, X_unlabeled=X_pre)
             if with_mvp:
                 bar.advance(0, f"seed {s}: pretrain tsai's MVP")
                 wpath, info = pretrain_mvp(X_pre, cs, path=weights_dir / f'{MVP}_{cs.arch_name}_seed{s}.pth', progress=bar,
                                            return_info=True)
-                emit(dict(method=MVP, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
-                          best_valid_loss=info['best_valid_loss'], weights=str(wpath)))
-                for f in fractions:
-                    idx = subsets[f, s]
-                    bar.advance(0, f"seed {s}: tsai's MVP, {fmt_frac(f)} labels")
-                    t0 = time.time()
-                    acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, weights=wpath, progress=bar)
-                    emit(dict(method=MVP, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
-                              seconds=round(time.time() - t0, 2)))
+                pretrained(MVP, s, wpath, info)
+                for f in fractions: fit(MVP, "tsai's MVP", s, f, cs, weights=wpath)
     finally:
         if not isinstance(progress, Progress): bar.close()
     return rows

@@ -197,7 +197,8 @@ def test_aggregate_and_summarize():
 def test_summarize_no_gain():
     rows = [r for r in _rows() if r['method'] != 'masked']
     _, sentence = E.summarize(rows)
-    assert sentence.startswith('No pretraining improved') and 'within noise' in sentence
+    assert sentence.startswith('No pretraining improved')
+    assert '-1.0 points, 95% CI -1.0 to -1.0; 2 seeds' in sentence and 'within noise' not in sentence  # -1 on each seed
 
 
 def test_summarize_every_method_at_chance():
@@ -210,11 +211,39 @@ def test_summarize_every_method_at_chance():
     assert not E.summarize(_rows(), chance=0.25)[1].startswith('Every method')  # 40-90%: far above chance
 
 
+def _pair_rows(scratch, masked, fraction=0.5):
+    return [dict(method=m, fraction=fraction, n_labeled=10, seed=s, accuracy=a)
+            for m, accs in (('scratch', scratch), ('masked', masked)) for s, a in enumerate(accs)]
+
+
 def test_summarize_gain_within_noise():
-    rows = [dict(method=m, fraction=0.5, n_labeled=10, seed=s, accuracy=a)
-            for m, accs in (('scratch', (0.60, 0.70, 0.80)), ('masked', (0.62, 0.72, 0.82))) for s, a in enumerate(accs)]
-    _, sentence = E.summarize(rows, chance=0.25)
-    assert 'within noise' in sentence and 'helped most' not in sentence
+    "+2 points on average, but -8 on one seed: the paired interval holds 0."
+    _, sentence = E.summarize(_pair_rows((0.60, 0.70, 0.80), (0.72, 0.62, 0.82)), chance=0.25)
+    assert 'within noise' in sentence and 'helped most' not in sentence and '95% CI' in sentence
+
+
+def test_summarize_consistent_gain_is_not_noise():
+    "+2 points on every seed is a gain even when the seeds' stds (10 points) overlap: the test is paired."
+    table, sentence = E.summarize(_pair_rows((0.60, 0.70, 0.80), (0.62, 0.725, 0.815)), chance=0.25)
+    assert 'masked-value pretraining helped most at 50% labels (+2.0' in sentence and 'within noise' not in sentence
+    assert 'paired 95% CI' in sentence and 'difference to scratch (points), paired over seeds' in table
+
+
+@pytest.mark.parametrize('diffs', [(1.0, 2.0), (2.0, 5.0, -1.0), (0.5, 0.5, 0.5, 4.0, -3.0)])
+def test_paired_ci_is_the_t_interval(diffs):
+    "Against the textbook formula: mean ± t_{0.975, n-1} * s / sqrt(n) (t quantiles from tables)."
+    t975 = {1: 12.706, 2: 4.303, 4: 2.776}[len(diffs) - 1]
+    d = np.array(diffs)
+    half = t975 * d.std(ddof=1) / np.sqrt(len(d))
+    assert E.paired_ci(diffs) == pytest.approx((d.mean() - half, d.mean() + half), abs=2e-3 * max(half, 1))
+    assert E.paired_ci([3.0]) is None
+
+
+def test_aggregate_pairs_only_seeds_both_ran():
+    rows = _pair_rows((0.6, 0.7, 0.8), (0.7, 0.8))  # masked has seeds 0 and 1 only
+    cell = {a['method']: a for a in E.aggregate(rows)}
+    assert cell['masked']['paired_seeds'] == 2 and cell['masked']['ci95'] == [10.0, 10.0]
+    assert cell['scratch']['ci95'] is None and cell['scratch']['gain_points'] is None
 
 
 def test_summarize_partial_results():
@@ -232,7 +261,7 @@ def test_save_results_and_plot(tmp_path):
     assert doc['config']['arch'] == 'ResNetPlus' and len(doc['runs']) == 14 and len(doc['summary']) == 6
     assert paths['png'].read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     header = paths['summary_csv'].read_text().splitlines()[0]
-    assert header == 'method,fraction,n_labeled,n_seeds,mean,std,gain_points'
+    assert header == 'method,fraction,n_labeled,n_seeds,mean,std,gain_points,paired_seeds,ci95'
 
 
 def test_progress_bar(capsys):

@@ -14,7 +14,7 @@ The code lives in modules by job, all importable without torch (the functions th
 * `tsai_ssl.inputs`: `SplitData`, `split_data`, `load_npz`, synthetic and UCR data, `describe_data`;
 * `tsai_ssl.config`: `RunConfig` (the settings every fit shares), architectures, devices;
 * `tsai_ssl.runs`: `pretrain`, `finetune`, `evaluate`, `compare`;
-* `tsai_ssl.report`: `aggregate`, `summarize`, `plot_results`, `save_results`;
+* `tsai_ssl.report`: `aggregate`, `paired_ci`, `summarize`, `plot_results`, `save_results`;
 * `tsai_ssl.progress`: the progress bar.
 
 Pretrained weights load with ``learn.load(name, strict=False, with_opt=False)`` or `tsai_ssl.load_pretrained`.
@@ -27,7 +27,7 @@ from .errors import InputError
 from .inputs import SplitData, describe_data, load_npz, split_data, synthetic_data, ucr_data, ucr_names
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset, min_fraction, n_labels
 from .progress import Progress, hms
-from .report import aggregate, method_label, plot_results, save_results, summarize
+from .report import aggregate, method_label, paired_ci, plot_results, save_results, summarize
 from .runs import MVP, SCRATCH, compare, epochs_for_steps, evaluate, finetune, normalize_task, pretrain, pretrain_mvp
 from .series import as_series, check_series, infer_n_values
 
@@ -37,5 +37,5 @@ __all__ = ['ExperimentError', 'RECIPES', 'InputError', 'RunConfig', 'ARCHS', 'DE
            'normalize_task', 'normalize_arch', 'get_arch', 'resolve_device', 'recorded_arch', 'infer_n_values',
            'as_series', 'check_series', 'check_fractions', 'label_subset', 'min_fraction', 'n_labels', 'fmt_frac',
            'evaluate', 'load_npz', 'synthetic_data', 'ucr_data', 'ucr_names', 'split_data', 'describe_data',
-           'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'compare', 'aggregate', 'summarize', 'method_label',
-           'plot_results', 'save_results', 'Progress', 'hms']
+           'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'compare', 'aggregate', 'paired_ci',
+           'summarize', 'method_label', 'plot_results', 'save_results', 'Progress', 'hms']

@@ -18,7 +18,7 @@ from .errors import InputError
 from .labels import fmt_frac
 from .runs import SCRATCH
 
-__all__ = ['aggregate', 'summarize', 'plot_results', 'save_results', 'method_label']
+__all__ = ['aggregate', 'paired_ci', 'summarize', 'plot_results', 'save_results', 'method_label']
 
 CHANCE_MARGIN = 0.03  # a mean this close to chance (or within 2 std of it) counts as chance level
 
@@ -40,12 +40,25 @@ def _methods(rows) -> list[str]:
     return ([SCRATCH] if SCRATCH in seen else []) + [m for m in seen if m != SCRATCH]
 
 
+def paired_ci(diffs, level: float = 0.95) -> tuple[float, float] | None:
+    """Two-sided `level` confidence interval of the mean of paired differences (Student's t; one value per seed),
+    None for fewer than two."""
+    d = np.asarray(diffs, dtype=float)
+    if len(d) < 2: return None
+    from scipy.stats import t
+    h = float(t.ppf(0.5 + level / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d)))
+    return float(d.mean() - h), float(d.mean() + h)
+
+
 def aggregate(rows: Sequence[dict]) -> list[dict]:
-    """Mean and (sample) std of the test accuracy per method and fraction, with the gain over training from
-    scratch in accuracy points (None for scratch or when scratch is missing). ``std`` is None for one seed."""
+    """Mean and (sample) std of the test accuracy per method and fraction, and against training from scratch:
+    ``gain_points`` (difference of the means, accuracy points), ``paired_seeds`` (seeds run by both) and ``ci95``
+    (95% confidence interval of the per-seed paired difference in points, `paired_ci`; None with fewer than two
+    paired seeds). All three are None for scratch or when scratch is missing; ``std`` is None for one seed."""
     fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None]
     out = []
     fracs = sorted({r['fraction'] for r in fit_rows})
+    acc_of = {(r['method'], r['fraction'], r.get('seed')): float(r['accuracy']) for r in fit_rows}
     for m in _methods(fit_rows):
         for f in fracs:
             accs = np.array([r['accuracy'] for r in fit_rows if r['method'] == m and r['fraction'] == f], dtype=float)
@@ -56,7 +69,15 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
     base = {a['fraction']: a for a in out if a['method'] == SCRATCH}
     for a in out:
         b = base.get(a['fraction'])
-        a['gain_points'] = None if a['method'] == SCRATCH or b is None else round(100 * (a['mean'] - b['mean']), 2)
+        a['gain_points'] = a['paired_seeds'] = a['ci95'] = None
+        if a['method'] == SCRATCH or b is None: continue
+        a['gain_points'] = round(100 * (a['mean'] - b['mean']), 2)
+        seeds = sorted({s for (m, f, s) in acc_of if m == a['method'] and f == a['fraction']}
+                       & {s for (m, f, s) in acc_of if m == SCRATCH and f == a['fraction']}, key=str)
+        diffs = [100 * (acc_of[a['method'], a['fraction'], s] - acc_of[SCRATCH, a['fraction'], s]) for s in seeds]
+        a['paired_seeds'] = len(seeds)
+        ci = paired_ci(diffs)
+        a['ci95'] = None if ci is None else [round(ci[0], 2), round(ci[1], 2)]
     return out
 
 
@@ -90,6 +111,19 @@ def summarize(rows: Sequence[dict], threshold: float = 1.0, chance: float | None
     lines.append('-' * len(lines[-1]))
     for m, c in zip(methods, cells):
         lines.append(labels[m].ljust(w0) + '  ' + '  '.join(v.rjust(w) for v, w in zip(c, ws)))
+    diff_rows = [m for m in methods if m != SCRATCH and any((cell.get((m, f)) or {}).get('ci95') for f in fracs)]
+    if diff_rows:  # the paired per-seed differences say more than two overlapping stds
+        def dfmt(a):
+            if a is None or a['gain_points'] is None: return '-'
+            if a['ci95'] is None: return f"{a['gain_points']:+.1f}"
+            return f"{a['gain_points']:+.1f} [{a['ci95'][0]:+.1f}, {a['ci95'][1]:+.1f}]"
+        dcells = [[dfmt(cell.get((m, f))) for f in fracs] for m in diff_rows]
+        dws = [max(len(h), *(len(c[j]) for c in dcells)) for j, h in enumerate(heads)]
+        lines += ['', 'difference to scratch (points), paired over seeds [95% CI]',
+                  'labeled fraction'.ljust(w0) + '  ' + '  '.join(h.rjust(w) for h, w in zip(heads, dws))]
+        lines.append('-' * len(lines[-1]))
+        for m, c in zip(diff_rows, dcells):
+            lines.append(labels[m].ljust(w0) + '  ' + '  '.join(v.rjust(w) for v, w in zip(c, dws)))
     return '\n'.join(lines), _sentence(agg, fracs, threshold, n_seeds, labels, chance)
 
 
@@ -98,11 +132,13 @@ def at_chance(a: dict, chance: float) -> bool:
     return a['mean'] <= chance + max(2 * (a['std'] or 0.), CHANCE_MARGIN)
 
 
-def _noise(agg, a) -> float | None:
-    "The seed-to-seed std (points) a gain is measured against: the larger of the method's and scratch's."
-    b = next((s for s in agg if s['method'] == SCRATCH and s['fraction'] == a['fraction']), None)
-    stds = [x['std'] for x in (a, b) if x is not None and x['std'] is not None]
-    return 100 * max(stds) if stds else None
+def _within_noise(a) -> bool | None:
+    "Whether the paired 95% interval of a method's difference to scratch holds 0; None without one (one seed)."
+    return None if a.get('ci95') is None else a['ci95'][0] <= 0 <= a['ci95'][1]
+
+
+def _ci_text(a) -> str:
+    return '' if a.get('ci95') is None else f"95% CI {a['ci95'][0]:+.1f} to {a['ci95'][1]:+.1f}"
 
 
 def _sentence(agg, fracs, threshold, n_seeds, labels, chance=None) -> str:
@@ -120,19 +156,20 @@ def _sentence(agg, fracs, threshold, n_seeds, labels, chance=None) -> str:
     helped = [a for a in gains if a['gain_points'] >= threshold]
     if not helped:
         best = max(gains, key=lambda a: a['gain_points'])
-        nz = _noise(agg, best)
-        within = ', within noise' if nz is not None and abs(best['gain_points']) <= nz else ''
+        ci = _ci_text(best)
+        within = f', {ci}: within noise' if _within_noise(best) else (f', {ci}' if ci else '')
         return (f"No pretraining improved test accuracy over training from scratch by {threshold:g} point or more at any "
                 f"labeled fraction (closest: {label(best['method'])} at {fmt_frac(best['fraction'])} labels, "
                 f"{best['gain_points']:+.1f} points{within}; {seeds}).")
-    best = max(helped, key=lambda a: a['gain_points'])
-    nz = _noise(agg, best)
-    if nz is not None and best['gain_points'] <= nz:
+    clear = [a for a in helped if _within_noise(a) is False]
+    best = max(clear or helped, key=lambda a: a['gain_points'])
+    if not clear and _within_noise(best):
         return (f"No pretraining helped by more than the seed-to-seed noise: the largest gain, {label(best['method'])} at "
-                f"{fmt_frac(best['fraction'])} labels (+{best['gain_points']:.1f} points), is within noise (std up to "
-                f"{nz:.1f} points over {seeds}); run more seeds to tell.")
+                f"{fmt_frac(best['fraction'])} labels (+{best['gain_points']:.1f} points), is within noise (paired "
+                f"difference to scratch over {best['paired_seeds']} seeds, {_ci_text(best)}); run more seeds to tell.")
     scratch = {a['fraction']: a['mean'] for a in agg if a['method'] == SCRATCH}
-    noise = ', more than the seed-to-seed std' if nz is not None else ''
+    noise = (f"; paired {_ci_text(best)} over {best['paired_seeds']} seeds" if best.get('ci95') is not None
+             else '; one seed, so the noise is unknown: run more seeds to tell')
     parts = [f"{label(best['method'])} pretraining helped most at {fmt_frac(best['fraction'])} labels "
              f"(+{best['gain_points']:.1f} accuracy points: {100 * best['mean']:.1f}% vs "
              f"{100 * scratch[best['fraction']]:.1f}% from scratch{noise})"]
@@ -140,8 +177,7 @@ def _sentence(agg, fracs, threshold, n_seeds, labels, chance=None) -> str:
         hs = [a for a in helped if a['method'] == t and a is not best]
         if hs:
             def gain(a):
-                n = _noise(agg, a)
-                return f"+{a['gain_points']:.1f}" + (', within noise' if n is not None and a['gain_points'] <= n else '')
+                return f"+{a['gain_points']:.1f}" + (', within noise' if _within_noise(a) else '')
             where = _join([f"{fmt_frac(a['fraction'])} ({gain(a)})" for a in hs])
             also = ' also' if t == best['method'] else ''
             parts.append(f'{label(t)}{also} helped at {where}')
@@ -216,7 +252,7 @@ def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | No
     with open(paths['csv'], 'w', newline='') as fh:
         w = csv.writer(fh); w.writerow(keys)
         for r in rows: w.writerow([_csv_value(r.get(k)) for k in keys])
-    keys = ['method', 'fraction', 'n_labeled', 'n_seeds', 'mean', 'std', 'gain_points']
+    keys = ['method', 'fraction', 'n_labeled', 'n_seeds', 'mean', 'std', 'gain_points', 'paired_seeds', 'ci95']
     with open(paths['summary_csv'], 'w', newline='') as fh:
         w = csv.writer(fh); w.writerow(keys)
         for a in agg: w.writerow([_csv_value(a.get(k)) for k in keys])

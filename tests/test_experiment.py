@@ -309,3 +309,39 @@ def test_tsai_mvp_is_a_reference_method_in_compare(tmp_path, counts):
     assert E.method_label('mvp') == "tsai's MVP"
     with pytest.raises(ExperimentError, match='head attribute'):
         E.pretrain_mvp(X[:8], cfg.replace(arch='ResNet', arch_config=None), path=tmp_path / 'x.pth')
+
+
+def test_step_budgets():
+    "A budget in steps: the fewest whole epochs that reach it, whatever the number of labels (drop_last counted)."
+    cfg = E.RunConfig(bs=16, finetune_steps=100, pretrain_steps=50, finetune_epochs=3)
+    assert cfg.epochs('finetune', 5) == 100 and cfg.epochs('finetune', 500) == 4  # 1 and 32 batches per epoch
+    assert cfg.epochs('finetune', 33) == 50  # 33 % 16 == 1: the last batch of one is dropped, 2 per epoch
+    assert cfg.epochs('pretrain', 160) == 5 and E.RunConfig(pretrain_epochs=7).epochs('pretrain', 160) == 7
+    assert E.RunConfig(finetune_epochs=3, finetune_min_steps=10, bs=4).epochs('finetune', 8) == 5
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ExperimentError, match='finetune_steps'): cfg.replace(finetune_steps=bad)
+
+
+def test_finetune_runs_the_step_budget_and_lp_ft_stages(counts, monkeypatch, tmp_path):
+    "finetune_steps=7 on 10 series at bs 4: 3 epochs of 3 batches; lp-ft: a head-only fit, then every layer."
+    import fastai.callback.schedule  # noqa: F401  (puts fit_one_cycle on Learner)
+    from fastai.learner import Learner
+
+    from tsai_ssl import split_backbone
+    X, _ = counts
+    y = np.arange(len(X)) % 2
+    fits, original = [], Learner.fit_one_cycle
+
+    def spy(self, n_epoch, *args, **kw):
+        grads = [p.requires_grad for p in split_backbone(self.model).parameters() if p.ndim == 3]  # convolutions
+        out = original(self, n_epoch, *args, **kw)
+        fits.append((n_epoch, self.train_iter, grads))
+        return out
+    monkeypatch.setattr(Learner, 'fit_one_cycle', spy)
+    cfg = E.RunConfig(arch_config={'nf': 8}, bs=4, device='cpu', finetune_steps=7, max_len=64)
+    E.finetune(X[:10], y[:10], X[10:20], y[10:20], cfg)
+    assert fits[-1][:2] == (3, 9)  # 3 epochs, 9 optimizer steps
+    w = E.pretrain(X[:16], 'masked', cfg.replace(pretrain_epochs=1, finetune_steps=None), path=tmp_path / 'w.pth')
+    E.finetune(X[:10], y[:10], X[10:20], y[10:20], cfg.replace(recipe='lp-ft', finetune_steps=12), weights=w)
+    (n_lp, _, grads_lp), (n_ft, _, grads_ft) = fits[-2:]
+    assert (n_lp, n_ft) == (1, 3) and not any(grads_lp) and all(grads_ft)  # 4 epochs: a quarter head-only (and BatchNorm)

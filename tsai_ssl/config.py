@@ -72,6 +72,8 @@ class RunConfig:
         arch_config: keyword arguments of the architecture, e.g. ``{'nf': 32}`` (recorded with pretrained weights).
         pretrain_epochs, finetune_epochs: epochs of a pretraining and of a fine-tuning (or from-scratch) fit.
         finetune_min_steps: raise the fine-tuning epochs of small label sets to at least this many optimizer steps.
+        pretrain_steps, finetune_steps: a budget in optimizer steps instead of epochs (None: use the epochs). A
+            fit then runs the fewest whole epochs that reach the steps, so 5 labels train as long as 500 do.
         lr, bs: learning rate (``fit_one_cycle``) and batch size.
         max_len: training crop (longer series are cut to a random window; validation and test see full length).
         seed: seeds the data order, crops, masks and the model's initial weights.
@@ -91,6 +93,8 @@ class RunConfig:
     pretrain_epochs: int = 10
     finetune_epochs: int = 10
     finetune_min_steps: int = 0
+    pretrain_steps: int | None = None
+    finetune_steps: int | None = None
     lr: float = 1e-3
     bs: int = 64
     max_len: int | None = None
@@ -113,6 +117,10 @@ class RunConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise InputError(f'{k} must be an integer >= 1, got {v!r}')
         if not isinstance(self.finetune_min_steps, int) or self.finetune_min_steps < 0:
             raise InputError(f'finetune_min_steps must be an integer >= 0, got {self.finetune_min_steps!r}')
+        for k in ('pretrain_steps', 'finetune_steps'):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise InputError(f'{k} must be None or an integer >= 1, got {v!r}')
         if not (isinstance(self.lr, (int, float)) and self.lr > 0): raise InputError(f'lr must be positive, got {self.lr!r}')
         if self.max_len is not None and (not isinstance(self.max_len, int) or self.max_len < 8):
             raise InputError(f'max_len must be None or an integer >= 8, got {self.max_len!r}')
@@ -125,6 +133,17 @@ class RunConfig:
 
     @property
     def arch_name(self) -> str: return normalize_arch(self.arch)
+
+    def epochs(self, stage: str, n_series: int) -> int:
+        """Epochs of a 'pretrain' or 'finetune' fit over `n_series` training series: from the step budget when it
+        is set (the fewest epochs that reach it), else the epochs (fine-tuning: raised to ``finetune_min_steps``)."""
+        from math import ceil
+        bs = min(self.bs, max(n_series, 1))
+        per_epoch = max(n_series // bs if n_series > bs and n_series % bs == 1 else ceil(n_series / bs), 1)
+        steps = self.pretrain_steps if stage == 'pretrain' else self.finetune_steps
+        if steps is not None: return max(1, ceil(steps / per_epoch))
+        if stage == 'pretrain': return self.pretrain_epochs
+        return max(self.finetune_epochs, ceil(self.finetune_min_steps / per_epoch))
 
     def replace(self, **changes) -> 'RunConfig':
         "A copy with some fields changed; `InputError` naming the fields for an unknown one."

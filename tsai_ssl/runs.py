@@ -119,9 +119,7 @@ def _eval_units(X_test) -> float:
 
 def epochs_for_steps(n_labeled: int, epochs: int, bs: int, min_steps: int = 0) -> int:
     "`epochs`, raised so that training takes at least `min_steps` optimizer steps (few labels: few batches per epoch)."
-    bs = min(bs, n_labeled)
-    per_epoch = n_labeled // bs if _drop_last(n_labeled, bs) else math.ceil(n_labeled / bs)
-    return max(epochs, math.ceil(min_steps / max(per_epoch, 1))) if min_steps else epochs
+    return RunConfig(finetune_epochs=epochs, bs=bs, finetune_min_steps=min_steps).epochs('finetune', n_labeled)
 
 
 def _record_arch(paths, cfg: RunConfig) -> None:
@@ -184,7 +182,7 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     if path.exists(): path.unlink()  # a stale file must not pass for this run's result
     t0 = time.time()
     with _quiet(learn):
-        learn.fit_one_cycle(cfg.pretrain_epochs, cfg.lr)
+        learn.fit_one_cycle(cfg.epochs('pretrain', n_tr), cfg.lr)
     secs = time.time() - t0
     if not path.exists():
         raise InputError(f'pretraining {task} produced no weights (the validation loss was never finite); '
@@ -192,7 +190,7 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     _record_arch(getattr(cb, 'saved_paths', None) or [path], cfg)
     best = getattr(cb, 'best', None)
     info = dict(task=task, arch=cfg.arch_name, arch_config=cfg.arch_config or {}, path=str(path),
-                epochs=cfg.pretrain_epochs, n_series=n, n_valid=n_val, n_values=n_values,
+                epochs=cfg.epochs('pretrain', n_tr), n_series=n, n_valid=n_val, n_values=n_values,
                 best_valid_loss=None if best is None or not math.isfinite(best) else float(best), seconds=round(secs, 2))
     del learn
     if dev.type == 'cuda': torch.cuda.empty_cache()
@@ -226,19 +224,20 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     window = cfg.max_len if cfg.max_len and cfg.max_len < L else None
     cb = TsaiMVP(target_dir=str(path.parent), fname=path.stem, window_size=window, verbose=False)
     units = float(len(series) - n_val) * (window or L)
+    epochs = cfg.epochs('pretrain', len(series) - n_val)
     learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
     if not hasattr(learn.model, 'head'):
         raise InputError(f"tsai's MVP needs a model with a head attribute: use {cfg.arch_name}Plus or another tsai *Plus model")
     if path.exists(): path.unlink()
     t0 = time.time()
     with _quiet(learn), contextlib.redirect_stdout(io.StringIO()):  # MVP prints its best epoch
-        learn.fit_one_cycle(cfg.pretrain_epochs, cfg.lr)
+        learn.fit_one_cycle(epochs, cfg.lr)
     secs = time.time() - t0
     if not path.exists(): raise InputError("tsai's MVP produced no weights (the validation loss was never finite)")
     side = path.with_name(path.name + '.json')
-    side.write_text(json.dumps(dict(task=MVP, epochs=cfg.pretrain_epochs)))
+    side.write_text(json.dumps(dict(task=MVP, epochs=epochs)))
     _record_arch([path], cfg)
-    info = dict(task=MVP, arch=cfg.arch_name, path=str(path), epochs=cfg.pretrain_epochs, n_series=len(series),
+    info = dict(task=MVP, arch=cfg.arch_name, path=str(path), epochs=epochs, n_series=len(series),
                 n_valid=n_val, best_valid_loss=float(cb.best), seconds=round(secs, 2))
     return (path, info) if return_info else path
 
@@ -288,7 +287,7 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     n = len(X_tr)
     dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n, min(cfg.bs, n)))
-    epochs = epochs_for_steps(n, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
+    epochs = cfg.epochs('finetune', n)
     cbs = [tick_callback(progress, _units(X_tr, cfg.max_len), log=cfg.verbose)]
     if semi_task is not None and cfg.semi_weight > 0:
         cbs.append(_semi_callback(semi_task, X_tr if X_unlabeled is None else as_series(X_unlabeled, 'X_unlabeled'),
@@ -383,12 +382,13 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     L_tr = np.array([x.shape[-1] for x in X_tr])
     L_tr = np.minimum(L_tr, cfg.max_len) if cfg.max_len else L_tr
     for s in seeds:
-        units = _units(X_pre, cfg.max_len) * 0.9
-        total += sum(cfg.pretrain_epochs * units * float(c.epoch_cost) for c in task_cls.values())
-        if with_mvp: total += cfg.pretrain_epochs * units
+        units = _units(X_pre, cfg.max_len) * (1 - cfg.valid_pct)
+        pre_ep = cfg.epochs('pretrain', int(len(X_pre) * (1 - cfg.valid_pct)))
+        total += sum(pre_ep * units * float(c.epoch_cost) for c in task_cls.values())
+        if with_mvp: total += pre_ep * units
         for f in fractions:
             n_f = len(subsets[f, s])
-            ep_f = epochs_for_steps(n_f, cfg.finetune_epochs, cfg.bs, cfg.finetune_min_steps)
+            ep_f = cfg.epochs('finetune', n_f)
             n_fits = 1 + len(task_cls) * (2 if cfg.semi_weight > 0 else 1) + with_mvp
             total += n_fits * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
     bar = progress if isinstance(progress, Progress) else Progress(total, 'compare', enabled=bool(progress))

@@ -345,3 +345,25 @@ def test_finetune_runs_the_step_budget_and_lp_ft_stages(counts, monkeypatch, tmp
     E.finetune(X[:10], y[:10], X[10:20], y[10:20], cfg.replace(recipe='lp-ft', finetune_steps=12), weights=w)
     (n_lp, _, grads_lp), (n_ft, _, grads_ft) = fits[-2:]
     assert (n_lp, n_ft) == (1, 3) and not any(grads_lp) and all(grads_ft)  # 4 epochs: a quarter head-only (and BatchNorm)
+
+
+def test_pretrain_probe_curve_reports_and_changes_nothing(counts, tmp_path):
+    "The probe curve: about five points, the last at the last epoch; the weights are those of a run without it."
+    import torch
+    X, _ = counts
+    y = np.arange(len(X)) % 2
+    cfg = E.RunConfig(arch_config={'nf': 8}, pretrain_epochs=6, bs=8, device='cpu', max_len=64)
+    w0, info0 = E.pretrain(X[:32], 'masked', cfg, path=tmp_path / 'a.pth', return_info=True)
+    w1, info1 = E.pretrain(X[:32], 'masked', cfg, path=tmp_path / 'b.pth', probe=(X[:20], y[:20]), return_info=True)
+    assert 'probe_curve' not in info0 and [e for e, _ in info1['probe_curve']] == [1, 2, 3, 4, 5, 6]
+    assert all(0 <= a <= 1 for _, a in info1['probe_curve'])
+    a, b = torch.load(w0, map_location='cpu'), torch.load(w1, map_location='cpu')
+    a, b = (d.get('model', d) for d in (a, b))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg.replace(pretrain_epochs=2, finetune_epochs=1),
+                     tasks=('masked',), fractions=(1.0,), seeds=(0,), workdir=tmp_path, progress=False)
+    pre = next(r for r in rows if r['fraction'] is None)
+    assert [e for e, _ in pre['probe_curve']] == [1, 2]
+    paths = E.save_results(rows, tmp_path / 'out')
+    assert paths['probe_png'].read_bytes()[:4] == b'\x89PNG'
+    assert 'probe_png' not in E.save_results([r for r in rows if r['fraction'] is not None], tmp_path / 'out2')

@@ -18,7 +18,7 @@ from .errors import InputError
 from .labels import fmt_frac
 from .runs import SCRATCH
 
-__all__ = ['aggregate', 'paired_ci', 'summarize', 'plot_results', 'save_results', 'method_label']
+__all__ = ['aggregate', 'paired_ci', 'summarize', 'plot_results', 'plot_probe_curves', 'save_results', 'method_label']
 
 CHANCE_MARGIN = 0.03  # a mean this close to chance (or within 2 std of it) counts as chance level
 
@@ -229,6 +229,30 @@ def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str | Non
     return path
 
 
+def plot_probe_curves(rows: Sequence[dict], path: str | os.PathLike) -> Path | None:
+    """PNG of each pretraining's linear-probe accuracy against its epochs (the ``probe_curve`` of `compare`'s
+    pretraining rows), one line per task and seed: a curve still rising at the end says pretrain longer. None
+    when no row has a curve."""
+    from matplotlib.figure import Figure
+    curves = [r for r in rows if r.get('probe_curve')]
+    if not curves: return None
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
+    colors = {}
+    for r in curves:
+        e, acc = zip(*r['probe_curve'])
+        first = r['method'] not in colors  # one legend entry per method
+        c = colors.setdefault(r['method'], f'C{len(colors)}')
+        ax.plot(e, [100 * a for a in acc], marker='o', color=c, alpha=0.85, label=method_label(r['method']) if first else None)
+    ax.set_xlabel('pretraining epoch'); ax.set_ylabel('linear-probe accuracy (%, cross-validated)')
+    ax.set_title('representation quality during pretraining (one line per seed)', fontsize=10)
+    ax.grid(alpha=0.3); ax.legend(fontsize=9)
+    fig.tight_layout()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def _csv_value(v):
     if v is None: return ''
     if isinstance(v, float): return f'{v:.6g}'
@@ -239,12 +263,14 @@ def _csv_value(v):
 def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | None = None,
                  plot: bool = True, title: str | None = None, chance: float | None = None) -> dict[str, Path]:
     """Write ``results.json`` (config, every run, the aggregate, table and sentence), ``results.csv`` (one row per
-    run), ``summary.csv`` (mean/std/gain per method and fraction) and ``accuracy.png`` into folder `out`."""
+    run), ``summary.csv`` (mean/std/gain per method and fraction), ``accuracy.png`` and, when pretraining rows carry
+    a linear-probe curve, ``probe.png`` (`plot_probe_curves`) into folder `out`."""
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     table, sentence = summarize(rows, chance=chance)
     agg = aggregate(rows)
     paths = dict(json=out / 'results.json', csv=out / 'results.csv', summary_csv=out / 'summary.csv')
     if plot: paths['png'] = out / 'accuracy.png'
+    if plot and any(r.get('probe_curve') for r in rows): paths['probe_png'] = out / 'probe.png'
     doc = dict(config=config or {}, runs=list(rows), summary=agg, table=table, sentence=sentence,
                files={k: str(v) for k, v in paths.items()})
     paths['json'].write_text(json.dumps(doc, indent=1, default=_json_default))
@@ -257,6 +283,7 @@ def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | No
         w = csv.writer(fh); w.writerow(keys)
         for a in agg: w.writerow([_csv_value(a.get(k)) for k in keys])
     if plot: plot_results(rows, paths['png'], title=title, chance=chance)
+    if 'probe_png' in paths: plot_probe_curves(rows, paths['probe_png'])
     return paths
 
 

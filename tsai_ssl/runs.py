@@ -139,8 +139,8 @@ def _record_arch(paths, cfg: RunConfig) -> None:
 # Pretraining, fine-tuning, evaluation
 # ----------------------------------------------------------------------------------------------------
 def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: str | os.PathLike | None = None,
-             task_kwargs: dict | None = None, progress: Progress | None = None, return_info: bool = False,
-             **overrides):
+             task_kwargs: dict | None = None, probe: tuple | None = None, progress: Progress | None = None,
+             return_info: bool = False, **overrides):
     """Pretrain ``config.arch`` with one pretext task on the series `X` (labels are not used) and write the backbone.
 
     About ``config.valid_pct`` of the series (at least one, when there are 10 or more) are held out to keep the
@@ -149,7 +149,10 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     its config (`finetune` checks them). ``learn.load(name, strict=False, with_opt=False)`` and
     `tsai_ssl.load_pretrained` accept the file. With ``return_info=True`` also a dict (valid loss, seconds).
     ``task_kwargs``: options of the task (`tsai_ssl.tasks.registry.task_options`); an unknown one raises
-    `InputError` naming the accepted ones. Keyword `overrides` change fields of `config` (``epochs=`` is
+    `InputError` naming the accepted ones. ``probe=(X_labeled, y_labeled)``: a `LinearProbe` (cross-validated on
+    those series) about five times during the fit; ``info['probe_curve']`` is then ``[[epoch, accuracy], ...]``, which
+    shows whether the representation was still improving when pretraining stopped. It only reports: the kept weights
+    are still the lowest validation loss's. Keyword `overrides` change fields of `config` (``epochs=`` is
     ``pretrain_epochs``).
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
@@ -178,11 +181,15 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
                       batch_tfms=_standardize(), max_len=cfg.max_len, n_values=n_values, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n_tr, min(cfg.bs, n_tr)))
     units = _units([series[i] for i in splits[0]], cfg.max_len) * float(getattr(Task, 'epoch_cost', 1.))
-    learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
+    epochs = cfg.epochs('pretrain', n_tr)
+    cbs = [cb, tick_callback(progress, units, log=cfg.verbose)]
+    prober = _probe_callback(probe, epochs, cfg) if probe is not None else None
+    if prober is not None: cbs.append(prober)
+    learn = _make_learner(dls, cfg, dev, cbs=cbs)
     if path.exists(): path.unlink()  # a stale file must not pass for this run's result
     t0 = time.time()
     with _quiet(learn):
-        learn.fit_one_cycle(cfg.epochs('pretrain', n_tr), cfg.lr)
+        learn.fit_one_cycle(epochs, cfg.lr)
     secs = time.time() - t0
     if not path.exists():
         raise InputError(f'pretraining {task} produced no weights (the validation loss was never finite); '
@@ -190,11 +197,22 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     _record_arch(getattr(cb, 'saved_paths', None) or [path], cfg)
     best = getattr(cb, 'best', None)
     info = dict(task=task, arch=cfg.arch_name, arch_config=cfg.arch_config or {}, path=str(path),
-                epochs=cfg.epochs('pretrain', n_tr), n_series=n, n_valid=n_val, n_values=n_values,
+                epochs=epochs, n_series=n, n_valid=n_val, n_values=n_values,
                 best_valid_loss=None if best is None or not math.isfinite(best) else float(best), seconds=round(secs, 2))
+    if prober is not None: info['probe_curve'] = [[int(e) + 1, round(float(a), 4)] for e, a in prober.history]
     del learn
     if dev.type == 'cuda': torch.cuda.empty_cache()
     return (path, info) if return_info else path
+
+
+def _probe_callback(probe: tuple, epochs: int, cfg: RunConfig):
+    "A `LinearProbe` on ``probe=(X, y)`` about five times per fit; None when the labels cannot be cross-validated."
+    from .embed import LinearProbe
+    X, y = probe
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2 or np.unique(y, return_counts=True)[1].min() < 2: return None
+    return LinearProbe(as_series(X, 'probe series'), y, every=max(1, epochs // 5), bs=_eval_bs(as_series(X), cfg.bs),
+                       seed=cfg.seed)
 
 
 def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike, progress: Progress | None = None,
@@ -350,7 +368,7 @@ def _export(learn, fname):
 # ----------------------------------------------------------------------------------------------------
 def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfig | None = None, *,
             tasks: Sequence[str] = ('masked', 'next', 'contrastive'), fractions: Sequence[float] = DEFAULT_FRACTIONS,
-            seeds: Sequence[int] = (0, 1, 2), workdir: str | os.PathLike = 'runs/compare',
+            seeds: Sequence[int] = (0, 1, 2), workdir: str | os.PathLike = 'runs/compare', probe: bool = True,
             progress: bool | Progress = True, on_result: Callable[[dict], None] | None = None,
             **overrides) -> list[dict]:
     """Pretraining vs training from scratch at several label fractions; returns one dict per run:
@@ -362,7 +380,9 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     `X_unlabeled` (labels ignored) and reused for every fraction; the labeled subset of a fraction is the same
     for every method of a seed. Every fit uses `config` (keyword `overrides` change its fields), with
     ``seed`` set per seed. Weights go to ``workdir/weights``. ``progress``: True for a bar with ETA on stderr, or
-    a `Progress`; ``on_result(row)`` is called as each run finishes.
+    a `Progress`; ``on_result(row)`` is called as each run finishes. ``probe``: each pretraining row carries
+    ``probe_curve``, the cross-validated linear-probe accuracy on up to 200 labeled training series during the fit
+    (`pretrain`'s ``probe``; training series only, and it selects nothing).
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
     reg = _registry()
@@ -409,8 +429,16 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
                   seconds=round(time.time() - t0, 2)))
 
     def pretrained(method: str, s: int, wpath, info: dict):
-        emit(dict(method=method, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
-                  best_valid_loss=info['best_valid_loss'], weights=str(wpath)))
+        row = dict(method=method, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
+                   best_valid_loss=info['best_valid_loss'], weights=str(wpath))
+        if 'probe_curve' in info: row['probe_curve'] = info['probe_curve']
+        emit(row)
+
+    def probe_set(s: int):
+        if not probe: return None
+        try: idx = label_subset(y_tr, min(1.0, 200 / len(y_tr)), s)
+        except InputError: return None  # a class too rare to sample
+        return [X_tr[i] for i in idx], y_tr[idx]
 
     try:
         for s in seeds:
@@ -419,7 +447,7 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
             for t in task_cls:
                 bar.advance(0, f'seed {s}: pretrain {t}')
                 wpath, info = pretrain(X_pre, t, cs, path=weights_dir / f'{t}_{cs.arch_name}_seed{s}.pth',
-                                       progress=bar, return_info=True)
+                                       probe=probe_set(s), progress=bar, return_info=True)
                 pretrained(t, s, wpath, info)
                 for f in fractions:
                     fit(t, t, s, f, cs, weights=wpath)

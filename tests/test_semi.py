@@ -68,6 +68,49 @@ def test_refusals():
     with pytest.raises(ValueError, match="causal='shift'"): SemiSupervised(NextStepPretrain(causal='pad'), u.train)
     with pytest.raises(TypeError, match='pretext task'): SemiSupervised(object(), u.train)
     with pytest.raises(ValueError, match='weight'): SemiSupervised(MaskedValuePretrain(), u.train, weight=-1)
+    with pytest.raises(ValueError, match='a task, a pseudo_threshold'): SemiSupervised(None, u.train)
+    with pytest.raises(ValueError, match='pseudo_threshold'): SemiSupervised(None, u.train, pseudo_threshold=1.)
+    from tsai_ssl.augment import RandomCrop
+    with pytest.raises(ValueError, match='layout'): SemiSupervised(None, u.train, pseudo_threshold=.9, strong_aug=RandomCrop())
+
+
+class Halve:
+    "A deterministic strong view, so the pseudo-label loss has a closed form."
+    changes_layout = False
+    def __call__(self, x, pad_mask=None, generator=None): return 0.5 * x, pad_mask
+
+
+@pytest.mark.parametrize('threshold', [0., 0.4, 0.999])
+def test_pseudo_label_loss_against_a_hand_written_reference(threshold):
+    "FixMatch on one batch: mean over the batch of CE(f(strong x), argmax f(x)) where max softmax f(x) >= threshold."
+    u = unlabeled_dls(n=32, bs=8, tfms=False)
+    semi = SemiSupervised(None, u.train, pseudo_threshold=threshold, strong_aug=Halve())
+    clf = ts_learner(labeled(), ResNetPlus, cbs=semi)
+    clf.model.train()
+    torch.manual_seed(0)
+    x = torch.randn(6, 1, 50)
+    loss = semi._pseudo_loss(x, None).detach()
+    with torch.no_grad():
+        p = torch.softmax(clf.model(x), -1)
+        keep = (p.max(-1).values >= threshold).float()
+        ref = (torch.nn.functional.cross_entropy(clf.model(0.5 * x), p.argmax(-1), reduction='none') * keep).mean()
+    assert float(loss) == pytest.approx(float(ref), rel=1e-5, abs=1e-7)
+    assert semi.pseudo_share == pytest.approx(float(keep.mean()))
+    if threshold == 0.: assert semi.pseudo_share == 1. and float(loss) > 0
+    if threshold == 0.999: assert semi.pseudo_share == 0. and float(loss) == 0.  # a fresh model is never that sure
+
+
+def test_pseudo_labels_alone_train_and_restore():
+    "task=None: FixMatch alone; the term is added at each step and the Learner is restored."
+    semi = SemiSupervised(None, unlabeled_dls(n=32, bs=8).train, pseudo_threshold=0., pseudo_weight=2.)
+    spy = Losses()
+    clf = ts_learner(labeled(), ResNetPlus, cbs=[semi, spy])
+    clf.create_opt()
+    before = learner_state(clf)
+    fit_quiet(clf, 1)
+    loss, total = spy.rows[-1]
+    assert total == pytest.approx(loss + 2. * semi.pseudo_loss, rel=1e-5) and semi.pseudo_share == 1.
+    assert learner_state(clf) == before
 
 
 def test_restored_after_an_interruption():

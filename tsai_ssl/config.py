@@ -86,6 +86,8 @@ class RunConfig:
             head alone; BatchNorm keeps training: fastai's ``freeze``). From scratch every recipe is 'full'.
         semi_weight: > 0: fine-tuning from a task's weights keeps that task's loss on the unlabeled series, with this
             weight (`tsai_ssl.semi.SemiSupervised`); `compare` then adds a ``<task>+semi`` method per task.
+        pseudo_threshold: with ``semi_weight > 0``, also FixMatch's pseudo-label term in those fits (confidence
+            threshold, e.g. 0.95; None: off).
         verbose: one line per epoch on stderr.
     """
     arch: object = 'ResNetPlus'
@@ -104,6 +106,7 @@ class RunConfig:
     valid_pct: float = 0.1
     recipe: str = 'full'
     semi_weight: float = 0.
+    pseudo_threshold: float | None = None
     verbose: bool = False
 
     def __post_init__(self):
@@ -128,6 +131,9 @@ class RunConfig:
         if self.recipe not in RECIPES: raise InputError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if not (isinstance(self.semi_weight, (int, float)) and self.semi_weight >= 0):
             raise InputError(f'semi_weight must be a number >= 0, got {self.semi_weight!r}')
+        if self.pseudo_threshold is not None and not (isinstance(self.pseudo_threshold, (int, float))
+                                                      and 0 <= self.pseudo_threshold < 1):
+            raise InputError(f'pseudo_threshold must be None or in [0, 1), got {self.pseudo_threshold!r}')
         if self.n_values != 'auto': object.__setattr__(self, 'n_values', check_n_values(self.n_values))
         _check_device(self.device)
 

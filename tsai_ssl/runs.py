@@ -344,7 +344,7 @@ def _semi_callback(task: str, X_u: list, cfg: RunConfig, dev):
     cb = reg.make_task(Task, seed=cfg.seed, **kw)
     dls = get_ssl_dls(X_u, splits=(range(len(X_u)), []), bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len,
                       n_values=n_values, seed=cfg.seed, device=dev, drop_last=_drop_last(len(X_u), min(cfg.bs, len(X_u))))
-    return SemiSupervised(cb, dls.train, weight=cfg.semi_weight)
+    return SemiSupervised(cb, dls.train, weight=cfg.semi_weight, pseudo_threshold=cfg.pseudo_threshold)
 
 
 def evaluate(learn, X_test, y_test, bs: int = 64) -> float:

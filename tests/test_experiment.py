@@ -367,3 +367,23 @@ def test_pretrain_probe_curve_reports_and_changes_nothing(counts, tmp_path):
     paths = E.save_results(rows, tmp_path / 'out')
     assert paths['probe_png'].read_bytes()[:4] == b'\x89PNG'
     assert 'probe_png' not in E.save_results([r for r in rows if r['fraction'] is not None], tmp_path / 'out2')
+
+
+def test_pool_fractions_curve(counts, tmp_path):
+    "compare(pool_fractions=...): smaller nested pretraining pools, rows kept out of the main table, a curve and plot."
+    X, _ = counts
+    y = np.arange(len(X)) % 2
+    cfg = E.RunConfig(arch_config={'nf': 8}, pretrain_epochs=1, finetune_epochs=1, bs=8, device='cpu', max_len=64)
+    with pytest.raises(ExperimentError, match='pool fractions'):
+        E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg, tasks=('masked',), fractions=(1.0,), pool_fractions=(0,),
+                  progress=False)
+    rows = E.compare(X[:32], y[:32], X[32:], y[32:], X_unlabeled=X[:16], config=cfg, tasks=('masked',), fractions=(1.0,),
+                     seeds=(0,), workdir=tmp_path, pool_fractions=(0.25, 0.5), probe=False, progress=False)
+    pre = [r for r in rows if r['fraction'] is None]
+    assert [r['n_pretrain'] for r in pre] == [48, 24, 12] and [r['pool_fraction'] for r in pre] == [1.0, 0.5, 0.25]
+    assert len(E.aggregate(rows)) == 2  # scratch and the full pool's masked
+    curve = E.pool_curve(rows)
+    assert [(a['method'], a['n_pretrain']) for a in curve] == [('masked', 12), ('masked', 24), ('masked', 48), ('scratch', 0)]
+    paths = E.save_results(rows, tmp_path / 'out')
+    assert paths['pool_png'].read_bytes()[:4] == b'\x89PNG' and 'probe_png' not in paths
+    assert json.loads(paths['json'].read_text())['pool_curve'] == curve

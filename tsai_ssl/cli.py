@@ -79,17 +79,17 @@ class _Formatter(argparse.HelpFormatter):
         return f'{h} (default: {d})'
 
 
-def _parse_fractions(text: str) -> tuple[float, ...]:
+def _parse_fractions(text: str, option: str = '--fractions') -> tuple[float, ...]:
     out = []
     for tok in str(text).replace(' ', ',').split(','):
         if not tok: continue
         try: f = float(tok[:-1]) / 100 if tok.endswith('%') else float(tok)
-        except ValueError: raise UsageError(f"--fractions: {tok!r} is not a fraction (use e.g. 0.05 or 5%)") from None
+        except ValueError: raise UsageError(f"{option}: {tok!r} is not a fraction (use e.g. 0.05 or 5%)") from None
         if not tok.endswith('%') and f > 1:
-            raise UsageError(f'--fractions: {tok} is above 1; write {tok}% for a percentage or a fraction like 0.05')
+            raise UsageError(f'{option}: {tok} is above 1; write {tok}% for a percentage or a fraction like 0.05')
         out.append(f)
     try: return E.check_fractions(out)
-    except InputError as e: raise UsageError(f'--fractions: {e}') from None
+    except InputError as e: raise UsageError(f'{option}: {e}') from None
 
 
 def _parse_seeds(text: str) -> tuple[int, ...]:
@@ -173,12 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument('--finetune-min-steps', type=int, default=d.get('finetune_min_steps', 0),
                        help='raise the fine-tuning epochs of small label fractions to at least this many optimizer steps '
                             '(same for pretrained and scratch)')
+        g.add_argument('--pretrain-steps', type=int, default=d.get('pretrain_steps'),
+                       help='pretraining budget in optimizer steps (replaces the pretraining epochs)')
+        g.add_argument('--finetune-steps', type=int, default=d.get('finetune_steps'),
+                       help='fine-tuning budget in optimizer steps, whatever the number of labels (replaces the '
+                            'fine-tuning epochs; same for pretrained and scratch)')
         g.add_argument('--recipe', default='full', choices=E.RECIPES,
                        help='how a classifier trains from pretrained weights: every layer (full), the head first for a '
                             'quarter of the epochs (lp-ft), or the head alone (frozen)')
         g.add_argument('--semi-weight', type=float, default=0.,
                        help='> 0: also fine-tune each task semi-supervised, its loss on the unlabeled series kept on '
                             'with this weight (methods <task>+semi)')
+        g.add_argument('--pseudo-threshold', type=float, default=d.get('pseudo_threshold'),
+                       help='with --semi-weight: also a FixMatch pseudo-label term in the semi-supervised fits, from '
+                            'this confidence (e.g. 0.95)')
+        g.add_argument('--pool-fractions', default=None, metavar='FRACTIONS',
+                       help='how much data for pretraining: also pretrain each task on these shares of the pretraining '
+                            'series (e.g. 10%%,30%%) and fine-tune at every label fraction; writes pool.png')
         g.add_argument('--out', default=d.get('out', 'runs/compare'),
                        help='folder for results.json, results.csv, summary.csv, accuracy.png and weights/')
 
@@ -356,6 +367,7 @@ def cmd_compare(args, demo: bool = False) -> int:
     _check_common(args)
     seeds = _parse_seeds(args.seeds)
     if args.fractions is not None: _parse_fractions(args.fractions)  # syntax errors before loading data
+    pools = _parse_fractions(args.pool_fractions, '--pool-fractions') if args.pool_fractions else ()
     _check_task_names(args.tasks)
     if not demo:
         data = _load_data(args)
@@ -368,16 +380,25 @@ def cmd_compare(args, demo: bool = False) -> int:
     default_ep = DEMO['pretrain_epochs'] if demo else 10
     pe, fe = _epochs(args, 'pretrain', default_ep), _epochs(args, 'finetune', DEMO['finetune_epochs'] if demo else 10)
     if args.semi_weight < 0: raise UsageError('--semi-weight must be >= 0')
+    for k in ('pretrain_steps', 'finetune_steps'):
+        if getattr(args, k) is not None and getattr(args, k) < 1: raise UsageError(f"--{k.replace('_', '-')} must be >= 1")
+    if args.pseudo_threshold is not None and not 0 <= args.pseudo_threshold < 1:
+        raise UsageError('--pseudo-threshold must be in [0, 1)')
+    if args.pseudo_threshold is not None and not args.semi_weight > 0:
+        raise UsageError('--pseudo-threshold adds to the semi-supervised fits: give --semi-weight too (e.g. 1)')
     cfg = _run_config(args, n_values, pretrain_epochs=pe, finetune_epochs=fe, finetune_min_steps=args.finetune_min_steps,
-                      recipe=args.recipe, semi_weight=args.semi_weight)
+                      pretrain_steps=args.pretrain_steps, finetune_steps=args.finetune_steps, recipe=args.recipe,
+                      semi_weight=args.semi_weight, pseudo_threshold=args.pseudo_threshold)
     cfg = cfg.replace(verbose=False)  # the comparison shows one progress bar, not a line per epoch
     tasks = _resolve_tasks(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = f'{n_values}-way targets' if n_values else 'continuous targets'
     _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets}); fractions "
-               f"{', '.join(E.fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); {pe} pretraining + {fe} fine-tuning "
-               f"epochs" + (f' (at least {args.finetune_min_steps} steps)' if args.finetune_min_steps else '')
+               f"{', '.join(E.fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); "
+               + (f'{cfg.pretrain_steps} pretraining steps' if cfg.pretrain_steps else f'{pe} pretraining epochs') + ' + '
+               + (f'{cfg.finetune_steps} fine-tuning steps' if cfg.finetune_steps else f'{fe} fine-tuning epochs'
+                  + (f' (at least {args.finetune_min_steps} steps)' if args.finetune_min_steps else ''))
                + f"; lr {args.lr:g}, bs {args.bs}" + (f', training crop {args.max_len}' if args.max_len else ''))
 
     _quiet_libraries(args)
@@ -386,7 +407,7 @@ def cmd_compare(args, demo: bool = False) -> int:
     classes = _classes(data.y_train)
     config = dict(command='demo' if demo else 'compare', data=data.source, n_train=len(data.X_train),
                   n_unlabeled=len(data.X_unlabeled), n_test=len(data.X_test), classes=classes, tasks=tasks,
-                  fractions=list(fractions), seeds=list(seeds), **cfg.to_dict())
+                  fractions=list(fractions), seeds=list(seeds), pool_fractions=list(pools), **cfg.to_dict())
     del config['seed'], config['verbose']  # set per seed / by --quiet, not settings of the comparison
     config.update(device=str(dev), torch=torch.__version__, threads=torch.get_num_threads(),
                   machine=f'{platform.machine()} {os.cpu_count()} cpus')
@@ -400,7 +421,7 @@ def cmd_compare(args, demo: bool = False) -> int:
 
     rows = E.compare(data.X_train, data.y_train, data.X_test, data.y_test, X_unlabeled=data.X_unlabeled,
                      config=cfg.replace(device=dev), tasks=tasks, fractions=fractions, seeds=seeds, workdir=out,
-                     progress=not args.quiet, on_result=partial)
+                     pool_fractions=pools, progress=not args.quiet, on_result=partial)
     config['wall_seconds'] = round(time.time() - t_start, 1)
     n_seeds = len(seeds)
     title = (f"{_arch_text(cfg)} on {data.source.split(' (')[0]}: test accuracy vs labels "
@@ -412,7 +433,16 @@ def cmd_compare(args, demo: bool = False) -> int:
     print()
     print(sentence)
     print()
-    print(f"wrote {paths['json']}, {paths['csv']}, {paths['summary_csv']}, {paths['png']} "
+    curve = E.pool_curve(rows)
+    if curve:
+        print('accuracy (%) against the number of pretraining series:')
+        for a in curve:
+            std = f" ± {100 * a['std']:.1f}" if a['std'] is not None else ''
+            print(f"  {E.method_label(a['method'])}, {E.fmt_frac(a['fraction'])} labels, {a['n_pretrain']} series: "
+                  f"{100 * a['mean']:.1f}{std}")
+        print()
+    extra = ''.join(f', {paths[k]}' for k in ('probe_png', 'pool_png') if k in paths)
+    print(f"wrote {paths['json']}, {paths['csv']}, {paths['summary_csv']}, {paths['png']}{extra} "
           f"(wall time {E.hms(config['wall_seconds'])})")
     return 0
 

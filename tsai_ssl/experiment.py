@@ -27,7 +27,7 @@ from .errors import InputError
 from .inputs import SplitData, describe_data, load_npz, split_data, synthetic_data, ucr_data, ucr_names
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset, min_fraction, n_labels
 from .progress import Progress, hms
-from .report import aggregate, method_label, paired_ci, plot_results, save_results, summarize
+from .report import aggregate, method_label, paired_ci, plot_pool_curve, plot_results, pool_curve, save_results, summarize
 from .runs import MVP, SCRATCH, compare, epochs_for_steps, evaluate, finetune, normalize_task, pretrain, pretrain_mvp
 from .series import as_series, check_series, infer_n_values
 
@@ -38,4 +38,4 @@ __all__ = ['ExperimentError', 'RECIPES', 'InputError', 'RunConfig', 'ARCHS', 'DE
            'as_series', 'check_series', 'check_fractions', 'label_subset', 'min_fraction', 'n_labels', 'fmt_frac',
            'evaluate', 'load_npz', 'synthetic_data', 'ucr_data', 'ucr_names', 'split_data', 'describe_data',
            'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'compare', 'aggregate', 'paired_ci',
-           'summarize', 'method_label', 'plot_results', 'save_results', 'Progress', 'hms']
+           'summarize', 'method_label', 'pool_curve', 'plot_pool_curve', 'plot_results', 'save_results', 'Progress', 'hms']

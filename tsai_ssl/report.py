@@ -18,7 +18,8 @@ from .errors import InputError
 from .labels import fmt_frac
 from .runs import SCRATCH
 
-__all__ = ['aggregate', 'paired_ci', 'summarize', 'plot_results', 'plot_probe_curves', 'save_results', 'method_label']
+__all__ = ['aggregate', 'paired_ci', 'summarize', 'plot_results', 'plot_probe_curves', 'pool_curve', 'plot_pool_curve',
+           'save_results', 'method_label']
 
 CHANCE_MARGIN = 0.03  # a mean this close to chance (or within 2 std of it) counts as chance level
 
@@ -55,7 +56,8 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
     ``gain_points`` (difference of the means, accuracy points), ``paired_seeds`` (seeds run by both) and ``ci95``
     (95% confidence interval of the per-seed paired difference in points, `paired_ci`; None with fewer than two
     paired seeds). All three are None for scratch or when scratch is missing; ``std`` is None for one seed."""
-    fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None]
+    fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None
+                and r.get('pool_fraction', 1.0) == 1.0]  # pretraining on part of the pool: see `pool_curve`
     out = []
     fracs = sorted({r['fraction'] for r in fit_rows})
     acc_of = {(r['method'], r['fraction'], r.get('seed')): float(r['accuracy']) for r in fit_rows}
@@ -229,6 +231,44 @@ def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str | Non
     return path
 
 
+def pool_curve(rows: Sequence[dict]) -> list[dict]:
+    """Accuracy against the number of pretraining series (`compare` with ``pool_fractions``): per method, label
+    fraction and pool size, mean and std over seeds, with scratch at that label fraction (``n_pretrain`` 0)."""
+    fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None]
+    out = []
+    keys = sorted({(r['method'], r['fraction'], r.get('n_pretrain', 0) if r['method'] != SCRATCH else 0)
+                   for r in fit_rows if r['method'] == SCRATCH or 'n_pretrain' in r}, key=lambda k: (k[0], k[1], k[2]))
+    for m, f, n in keys:
+        accs = np.array([r['accuracy'] for r in fit_rows if r['method'] == m and r['fraction'] == f
+                         and (m == SCRATCH or r.get('n_pretrain') == n)], dtype=float)
+        out.append(dict(method=m, fraction=f, n_pretrain=int(n), n_seeds=len(accs), mean=float(accs.mean()),
+                        std=float(accs.std(ddof=1)) if len(accs) > 1 else None))
+    return out if any(a['method'] != SCRATCH for a in out) else []
+
+
+def plot_pool_curve(rows: Sequence[dict], path: str | os.PathLike) -> Path | None:
+    """PNG of test accuracy against the number of pretraining series (log x), one line per method and label
+    fraction, scratch as a dashed level; None without pool rows."""
+    from matplotlib.figure import Figure
+    curve = pool_curve(rows)
+    if not curve: return None
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    ax = fig.subplots()
+    for k, (m, f) in enumerate(dict.fromkeys((a['method'], a['fraction']) for a in curve if a['method'] != SCRATCH)):
+        pts = sorted((a for a in curve if a['method'] == m and a['fraction'] == f), key=lambda a: a['n_pretrain'])
+        ax.errorbar([a['n_pretrain'] for a in pts], [100 * a['mean'] for a in pts], yerr=[100 * (a['std'] or 0) for a in pts],
+                    marker='o', capsize=3, color=f'C{k}', label=f'{method_label(m)}, {fmt_frac(f)} labels')
+        sc = next((a for a in curve if a['method'] == SCRATCH and a['fraction'] == f), None)
+        if sc is not None: ax.axhline(100 * sc['mean'], color=f'C{k}', ls='--', lw=1, label=f'from scratch, {fmt_frac(f)} labels')
+    ax.set_xscale('log'); ax.set_xlabel('series seen by pretraining (labels unused)'); ax.set_ylabel('test accuracy (%)')
+    ax.set_title('how much data for pretraining? (mean ± std over seeds)', fontsize=10)
+    ax.grid(alpha=0.3); ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def plot_probe_curves(rows: Sequence[dict], path: str | os.PathLike) -> Path | None:
     """PNG of each pretraining's linear-probe accuracy against its epochs (the ``probe_curve`` of `compare`'s
     pretraining rows), one line per task and seed: a curve still rising at the end says pretrain longer. None
@@ -271,7 +311,8 @@ def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | No
     paths = dict(json=out / 'results.json', csv=out / 'results.csv', summary_csv=out / 'summary.csv')
     if plot: paths['png'] = out / 'accuracy.png'
     if plot and any(r.get('probe_curve') for r in rows): paths['probe_png'] = out / 'probe.png'
-    doc = dict(config=config or {}, runs=list(rows), summary=agg, table=table, sentence=sentence,
+    if plot and pool_curve(rows): paths['pool_png'] = out / 'pool.png'
+    doc = dict(config=config or {}, runs=list(rows), summary=agg, pool_curve=pool_curve(rows), table=table, sentence=sentence,
                files={k: str(v) for k, v in paths.items()})
     paths['json'].write_text(json.dumps(doc, indent=1, default=_json_default))
     keys = ['method', 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds', 'best_valid_loss', 'weights']
@@ -284,6 +325,7 @@ def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | No
         for a in agg: w.writerow([_csv_value(a.get(k)) for k in keys])
     if plot: plot_results(rows, paths['png'], title=title, chance=chance)
     if 'probe_png' in paths: plot_probe_curves(rows, paths['probe_png'])
+    if 'pool_png' in paths: plot_pool_curve(rows, paths['pool_png'])
     return paths
 
 

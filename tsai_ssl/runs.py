@@ -369,8 +369,8 @@ def _export(learn, fname):
 def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfig | None = None, *,
             tasks: Sequence[str] = ('masked', 'next', 'contrastive'), fractions: Sequence[float] = DEFAULT_FRACTIONS,
             seeds: Sequence[int] = (0, 1, 2), workdir: str | os.PathLike = 'runs/compare', probe: bool = True,
-            progress: bool | Progress = True, on_result: Callable[[dict], None] | None = None,
-            **overrides) -> list[dict]:
+            pool_fractions: Sequence[float] = (), progress: bool | Progress = True,
+            on_result: Callable[[dict], None] | None = None, **overrides) -> list[dict]:
     """Pretraining vs training from scratch at several label fractions; returns one dict per run:
 
     ``{'method': 'scratch' | task, 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds'}``
@@ -383,6 +383,11 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     a `Progress`; ``on_result(row)`` is called as each run finishes. ``probe``: each pretraining row carries
     ``probe_curve``, the cross-validated linear-probe accuracy on up to 200 labeled training series during the fit
     (`pretrain`'s ``probe``; training series only, and it selects nothing).
+
+    ``pool_fractions`` (e.g. ``(0.1, 0.3)``) answers "how much data for pretraining?": each task is also pretrained
+    on those shares of the pretraining series (nested random subsets per seed) and fine-tuned at every fraction;
+    those rows carry ``pool_fraction`` and ``n_pretrain`` (the full pool's rows have 1.0 and all series), and
+    `aggregate` / `summarize` leave them out (see `tsai_ssl.report.pool_curve`).
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
     reg = _registry()
@@ -394,6 +399,13 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
     subsets = {(f, s): label_subset(y_tr, f, s) for s in seeds for f in fractions}  # errors before training
     X_pre = X_tr + X_unl
+    pools = sorted({float(p) for p in pool_fractions} - {1.0})
+    if any(not 0 < p < 1 for p in pools): raise InputError(f'pool fractions must be in (0, 1], got {list(pool_fractions)}')
+
+    def pool_subset(p: float, s: int) -> list:  # nested: the first share of one permutation per seed
+        k = max(2, int(round(p * len(X_pre))))
+        return [X_pre[i] for i in np.sort(np.random.default_rng([s, 7]).permutation(len(X_pre))[:k])]
+
     if cfg.n_values == 'auto': cfg = cfg.replace(n_values=infer_n_values(X_pre))
     cfg = cfg.replace(device=resolve_device(cfg.device))
     weights_dir = Path(workdir) / 'weights'
@@ -402,14 +414,17 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     L_tr = np.array([x.shape[-1] for x in X_tr])
     L_tr = np.minimum(L_tr, cfg.max_len) if cfg.max_len else L_tr
     for s in seeds:
-        units = _units(X_pre, cfg.max_len) * (1 - cfg.valid_pct)
-        pre_ep = cfg.epochs('pretrain', int(len(X_pre) * (1 - cfg.valid_pct)))
-        total += sum(pre_ep * units * float(c.epoch_cost) for c in task_cls.values())
-        if with_mvp: total += pre_ep * units
+        for p in [1.0] + pools:
+            X_p = X_pre if p == 1 else pool_subset(p, s)
+            units = _units(X_p, cfg.max_len) * (1 - cfg.valid_pct)
+            pre_ep = cfg.epochs('pretrain', int(len(X_p) * (1 - cfg.valid_pct)))
+            total += sum(pre_ep * units * float(c.epoch_cost) for c in task_cls.values())
+            if with_mvp and p == 1: total += pre_ep * units
         for f in fractions:
             n_f = len(subsets[f, s])
             ep_f = cfg.epochs('finetune', n_f)
-            n_fits = 1 + len(task_cls) * (2 if cfg.semi_weight > 0 else 1) + with_mvp
+            n_task_fits = len(task_cls) * (1 + len(pools))
+            n_fits = 1 + with_mvp + n_task_fits * (3 if cfg.semi_weight > 0 else 1)  # a semi fit costs about two
             total += n_fits * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
     bar = progress if isinstance(progress, Progress) else Progress(total, 'compare', enabled=bool(progress))
 
@@ -419,18 +434,18 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
         rows.append(row)
         if on_result is not None: on_result(row)
 
-    def fit(method: str, label: str, s: int, f: float, cs: RunConfig, **kw):
+    def fit(method: str, label: str, s: int, f: float, cs: RunConfig, pool: dict | None = None, **kw):
         "Fine-tune (or train from scratch) on the labeled subset of fraction `f`, seed `s`, and emit its row."
         idx = subsets[f, s]
         bar.advance(0, f'seed {s}: {label}, {fmt_frac(f)} labels')
         t0 = time.time()
         acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te, cs, progress=bar, **kw)
         emit(dict(method=method, fraction=f, n_labeled=int(len(idx)), seed=s, accuracy=acc,
-                  seconds=round(time.time() - t0, 2)))
+                  seconds=round(time.time() - t0, 2), **(pool or {})))
 
-    def pretrained(method: str, s: int, wpath, info: dict):
+    def pretrained(method: str, s: int, wpath, info: dict, pool: dict | None = None):
         row = dict(method=method, fraction=None, n_labeled=0, seed=s, accuracy=None, seconds=info['seconds'],
-                   best_valid_loss=info['best_valid_loss'], weights=str(wpath))
+                   best_valid_loss=info['best_valid_loss'], weights=str(wpath), **(pool or {}))
         if 'probe_curve' in info: row['probe_curve'] = info['probe_curve']
         emit(row)
 
@@ -445,15 +460,20 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
             cs = cfg.replace(seed=s)
             for f in fractions: fit(SCRATCH, SCRATCH, s, f, cs)
             for t in task_cls:
-                bar.advance(0, f'seed {s}: pretrain {t}')
-                wpath, info = pretrain(X_pre, t, cs, path=weights_dir / f'{t}_{cs.arch_name}_seed{s}.pth',
-                                       probe=probe_set(s), progress=bar, return_info=True)
-                pretrained(t, s, wpath, info)
-                for f in fractions:
-                    fit(t, t, s, f, cs, weights=wpath)
-                    if cfg.semi_weight > 0: fit(f'{t}+semi', f'{t}+semi', s, f, cs, weights=wpath, semi_task=t, X_unlabeled=X_pre)
+                for p in [1.0] + pools[::-1]:  # the full pool first: the main table fills before the curve
+                    X_p = X_pre if p == 1 else pool_subset(p, s)
+                    pool = dict(pool_fraction=p, n_pretrain=len(X_p)) if pools else None
+                    name = f'{t}_{cs.arch_name}_seed{s}' + ('' if p == 1 else f'_pool{p:g}')
+                    bar.advance(0, f'seed {s}: pretrain {t}' + ('' if p == 1 else f' on {len(X_p)} series'))
+                    wpath, info = pretrain(X_p, t, cs, path=weights_dir / f'{name}.pth', probe=probe_set(s),
+                                           progress=bar, return_info=True)
+                    pretrained(t, s, wpath, info, pool)
+                    for f in fractions:
+                        fit(t, t, s, f, cs, pool, weights=wpath)
+                        if cfg.semi_weight > 0:
+                            fit(f'{t}+semi', f'{t}+semi', s, f, cs, pool, weights=wpath, semi_task=t, X_unlabeled=X_p)
             if with_mvp:
-                bar.advance(0, f"seed {s}: pretrain tsai's MVP")
+                bar.advance(0, f"seed {s}: pretrain tsai's MVP")  # on the full pool only: a reference, not a curve
                 wpath, info = pretrain_mvp(X_pre, cs, path=weights_dir / f'{MVP}_{cs.arch_name}_seed{s}.pth', progress=bar,
                                            return_info=True)
                 pretrained(MVP, s, wpath, info)

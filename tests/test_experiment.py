@@ -298,12 +298,14 @@ def test_recipes_and_semi_supervised_in_compare(tmp_path, counts):
     assert convs(learn.model) and all(torch.equal(a[k], b[k]) for k in convs(learn.model))
 
 
-def test_tsai_mvp_is_a_reference_method_in_compare(tmp_path, counts):
+def test_tsai_mvp_is_a_reference_method_in_compare(tmp_path, counts, capsys):
     X, _ = counts
     y = np.arange(len(X)) % 2
     cfg = E.RunConfig(arch_config={'nf': 8}, pretrain_epochs=1, finetune_epochs=1, bs=8, device='cpu', max_len=64)
     rows = E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg, tasks=('mvp',), fractions=(1.0,), seeds=(0,),
-                     workdir=tmp_path, progress=False)
+                     workdir=tmp_path, progress=True)
+    assert 'plan: 1 pretraining and 2 classifier fits over 1 seed(s); about ' in capsys.readouterr().err
+    assert 0 < E.seconds_per_unit(cfg, 1, 2, 64) < 1e-2
     assert [(r['method'], r['fraction']) for r in rows] == [('scratch', 1.0), ('mvp', None), ('mvp', 1.0)]
     assert 0 <= rows[-1]['accuracy'] <= 1 and np.isfinite(rows[1]['best_valid_loss'])
     assert E.method_label('mvp') == "tsai's MVP"

@@ -28,7 +28,7 @@ from .inputs import SplitData, describe_data, load_npz, split_data, synthetic_da
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset, min_fraction, n_labels
 from .progress import Progress, hms
 from .report import aggregate, method_label, paired_ci, plot_pool_curve, plot_results, pool_curve, save_results, summarize
-from .runs import MVP, SCRATCH, compare, epochs_for_steps, evaluate, finetune, normalize_task, pretrain, pretrain_mvp
+from .runs import MVP, SCRATCH, compare, epochs_for_steps, evaluate, finetune, normalize_task, pretrain, pretrain_mvp, seconds_per_unit
 from .series import as_series, check_series, infer_n_values
 
 ExperimentError = InputError  # the old name: `except ExperimentError` still catches every input error
@@ -37,5 +37,5 @@ __all__ = ['ExperimentError', 'RECIPES', 'InputError', 'RunConfig', 'ARCHS', 'DE
            'normalize_task', 'normalize_arch', 'get_arch', 'resolve_device', 'recorded_arch', 'infer_n_values',
            'as_series', 'check_series', 'check_fractions', 'label_subset', 'min_fraction', 'n_labels', 'fmt_frac',
            'evaluate', 'load_npz', 'synthetic_data', 'ucr_data', 'ucr_names', 'split_data', 'describe_data',
-           'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'compare', 'aggregate', 'paired_ci',
-           'summarize', 'method_label', 'pool_curve', 'plot_pool_curve', 'plot_results', 'save_results', 'Progress', 'hms']
+           'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'seconds_per_unit', 'compare', 'aggregate',
+           'paired_ci', 'summarize', 'method_label', 'pool_curve', 'plot_pool_curve', 'plot_results', 'save_results', 'Progress', 'hms']

@@ -16,6 +16,7 @@ import io
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,11 +27,11 @@ import numpy as np
 from .config import RunConfig, get_arch, recorded_arch, resolve_device
 from .errors import InputError
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset
-from .progress import Progress, tick_callback
+from .progress import Progress, hms, tick_callback
 from .series import as_series, infer_n_values
 
 __all__ = ['SCRATCH', 'MVP', 'normalize_task', 'pretrain', 'pretrain_mvp', 'finetune', 'evaluate', 'epochs_for_steps',
-           'compare']
+           'seconds_per_unit', 'compare']
 
 SCRATCH = 'scratch'
 MVP = 'mvp'  # tsai's own masked value prediction (`tsai.callback.MVP`): a reference method in `compare`, not a task
@@ -115,6 +116,29 @@ def _units(series, max_len: int | None) -> float:
 
 def _eval_units(X_test) -> float:
     return float(sum(x.shape[-1] for x in X_test)) / 3  # forward only: about a third of a training step
+
+
+def seconds_per_unit(cfg: RunConfig, c_in: int, c_out: int, length: int, device=None, n_steps: int = 3) -> float:
+    """Seconds one work unit (one series-step of training) costs here: a few timed optimizer steps of the classifier
+    on a random batch of ``cfg.bs`` series of `length` steps (one untimed step first). For plans and ETAs only."""
+    import torch
+    from tsai.models.utils import build_ts_model
+    dev = resolve_device(cfg.device if device is None else device)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = build_ts_model(get_arch(cfg.arch), c_in=c_in, c_out=c_out, seq_len=length, device=dev,
+                               **(cfg.arch_config or {}))
+    opt = torch.optim.Adam(model.parameters(), 1e-4)
+    x = torch.randn(cfg.bs, c_in, length, device=dev)
+    y = torch.randint(0, c_out, (cfg.bs,), device=dev)
+    times = []
+    for _ in range(n_steps + 1):
+        t0 = time.time()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        if dev.type == 'cuda': torch.cuda.synchronize()
+        times.append(time.time() - t0)
+    return float(np.median(times[1:])) / (cfg.bs * length)
 
 
 def epochs_for_steps(n_labeled: int, epochs: int, bs: int, min_steps: int = 0) -> int:
@@ -426,6 +450,14 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
             n_task_fits = len(task_cls) * (1 + len(pools))
             n_fits = 1 + with_mvp + n_task_fits * (3 if cfg.semi_weight > 0 else 1)  # a semi fit costs about two
             total += n_fits * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
+    n_pre = len(seeds) * (len(task_cls) * (1 + len(pools)) + with_mvp)
+    n_fit = len(seeds) * len(fractions) * (1 + with_mvp + len(task_cls) * (1 + len(pools)) * (2 if cfg.semi_weight > 0 else 1))
+    if progress is True:  # the plan, and what it should cost on this machine, before any training
+        L = int(min(max(x.shape[-1] for x in X_pre), cfg.max_len or 10 ** 9))
+        eta = total * seconds_per_unit(cfg, X_tr[0].shape[0], len(np.unique(y_tr)), L) * 1.15  # + data, eval overheads
+        print(f'plan: {n_pre} pretraining{"s" if n_pre != 1 else ""} and {n_fit} classifier fits over '
+              f'{len(seeds)} seed(s); about {hms(eta)} on this machine (from a timed training step)', file=sys.stderr,
+              flush=True)
     bar = progress if isinstance(progress, Progress) else Progress(total, 'compare', enabled=bool(progress))
 
     rows: list[dict] = []

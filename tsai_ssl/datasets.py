@@ -143,6 +143,75 @@ def _synthetic(rng: np.random.Generator, n: int, n_classes: int, min_len: int, m
 
 
 # -----------------------------------------------------------------------------
+# the demo set: the regime self-supervision is for
+#
+# A shared vocabulary of short count patterns ("words": a bump, a ramp up, a ramp down, two peaks, a plateau,
+# ...) occurs all over every series, on a slowly drifting Poisson background. The class is which words a series
+# uses most: class c draws words 2c and 2c+1 with probability 0.3 each and the others share 0.4. Words, their
+# amplitude (per series) and the background are the same for every class, so a classifier has to learn what the
+# words look like and count them. Unlabeled series show the words as often as labeled ones: masked-value and
+# next-step prediction must learn them to fill in or continue a series, and two crops of one series share its
+# mix of words. A handful of labels does not teach the words; a few thousand series without labels do.
+
+_DEMO_WORD_LEN = 24
+_DEMO_WORD_EVERY = 40   # mean spacing (steps) of words
+_DEMO_PEAK = 12.        # mean height a word adds to the rate
+_DEMO_BACKGROUND = 3.   # median background rate
+
+
+def _demo_words(n_words: int) -> np.ndarray:
+    "(n_words, _DEMO_WORD_LEN) non-negative shapes of mean 0.5; the first 8 distinct, further ones shifted copies."
+    t = np.linspace(0, 1, _DEMO_WORD_LEN)
+    base = [np.sin(np.pi * t), t, 1 - t, np.sin(2 * np.pi * t) ** 2, ((t > 0.3) & (t < 0.7)).astype(float),
+            np.abs(np.sin(3 * np.pi * t)), np.exp(-((t - 0.2) / 0.08) ** 2) + np.exp(-((t - 0.8) / 0.08) ** 2),
+            0.5 + 0.5 * np.cos(4 * np.pi * t)]
+    w = np.stack([np.roll(base[k % 8], 3 * (k // 8)) for k in range(n_words)])
+    return w * (0.5 / w.mean(1, keepdims=True))  # one area: a word adds the same counts whatever its shape
+
+
+def _demo_series(rng: np.random.Generator, n: int, n_classes: int, min_len: int, max_len: int,
+                 labeled: bool = True) -> tuple[list[np.ndarray], np.ndarray]:
+    from scipy.signal import lfilter  # scipy comes with scikit-learn
+    words = _demo_words(2 * n_classes)
+    n_words = len(words)
+    lengths = np.exp(rng.uniform(np.log(min_len), np.log(max_len + 1), n)).astype(np.int64)
+    y = rng.permutation(np.arange(n) % n_classes)
+    X = []
+    for L, c in zip(lengths, y):
+        p = np.full(n_words, 0.4 / (n_words - 2)); p[2 * c] = p[2 * c + 1] = 0.3
+        drift = lfilter([1.], [1., -0.99], rng.normal(0, 0.3 * np.sqrt(1 - 0.99 ** 2), L))  # AR(1) log-rate
+        rate = _DEMO_BACKGROUND * np.exp(rng.normal(0, 0.3) + drift)
+        k = rng.poisson(L / _DEMO_WORD_EVERY)
+        amp = _DEMO_PEAK * rng.uniform(0.6, 1.4)
+        for s0, w in zip(rng.integers(0, L - _DEMO_WORD_LEN, k), rng.choice(n_words, k, p=p)):
+            rate[s0:s0 + _DEMO_WORD_LEN] += amp * words[w]
+        X.append(np.minimum(rng.poisson(rate), 40).astype(np.uint8)[None])
+    return X, y.astype(np.int64)
+
+
+class DemoData(NamedTuple):
+    """The demo set (`make_demo_data`): few labeled series, many unlabeled, a test split."""
+    X_train: list[np.ndarray]      # uint8 (1, L_i), values 0..40
+    y_train: np.ndarray            # int64 0..n_classes-1, balanced
+    X_unlabeled: list[np.ndarray]  # drawn like X_train, labels dropped
+    X_test: list[np.ndarray]
+    y_test: np.ndarray
+
+
+def make_demo_data(n_train: int = 200, n_unlabeled: int = 2000, n_test: int = 400, n_classes: int = 4,
+                   min_len: int = 256, max_len: int = 1024, seed: int = 0) -> DemoData:
+    """Integer counts 0..40 in the regime self-supervised pretraining is for: the class is which of a shared
+    vocabulary of short patterns a series uses most (see the comment above), and the unlabeled series outnumber
+    the labeled ones 10 to 1. Lengths log-uniform in [min_len, max_len]; three independent streams of one seed."""
+    if not 2 <= n_classes <= 8: raise ValueError(f'n_classes must be in 2..8, got {n_classes}')
+    if min_len < 2 * _DEMO_WORD_LEN or max_len < min_len:
+        raise ValueError(f'need {2 * _DEMO_WORD_LEN} <= min_len <= max_len, got {min_len}, {max_len}')
+    parts = [_demo_series(np.random.default_rng([seed, k]), m, n_classes, min_len, max_len)
+             for k, m in enumerate((n_train, n_unlabeled, n_test))]
+    return DemoData(parts[0][0], parts[0][1], parts[1][0], parts[2][0], parts[2][1])
+
+
+# -----------------------------------------------------------------------------
 # UCR/UEA classification sets shipped inside sktime's wheel (no download)
 
 class UCRData(NamedTuple):

@@ -243,6 +243,7 @@ def test_aggregate_pairs_only_seeds_both_ran():
     rows = _pair_rows((0.6, 0.7, 0.8), (0.7, 0.8))  # masked has seeds 0 and 1 only
     cell = {a['method']: a for a in E.aggregate(rows)}
     assert cell['masked']['paired_seeds'] == 2 and cell['masked']['ci95'] == [10.0, 10.0]
+    assert cell['masked']['gain_points'] == 10.0  # on those two seeds (the means differ by 5)
     assert cell['scratch']['ci95'] is None and cell['scratch']['gain_points'] is None
 
 
@@ -325,7 +326,7 @@ def test_step_budgets():
 
 
 def test_finetune_runs_the_step_budget_and_lp_ft_stages(counts, monkeypatch, tmp_path):
-    "finetune_steps=7 on 10 series at bs 4: 3 epochs of 3 batches; lp-ft: a head-only fit, then every layer."
+    "finetune_steps=7 at bs 4: 3 epochs on 10 series, 4 on 9; lp-ft: a head-only fit, then every layer."
     import fastai.callback.schedule  # noqa: F401  (puts fit_one_cycle on Learner)
     from fastai.learner import Learner
 
@@ -342,7 +343,9 @@ def test_finetune_runs_the_step_budget_and_lp_ft_stages(counts, monkeypatch, tmp
     monkeypatch.setattr(Learner, 'fit_one_cycle', spy)
     cfg = E.RunConfig(arch_config={'nf': 8}, bs=4, device='cpu', finetune_steps=7, max_len=64)
     E.finetune(X[:10], y[:10], X[10:20], y[10:20], cfg)
-    assert fits[-1][:2] == (3, 9)  # 3 epochs, 9 optimizer steps
+    assert fits[-1][:2] == (3, 9)  # 3 epochs of 3 batches
+    E.finetune(X[:9], y[:9], X[10:20], y[10:20], cfg)
+    assert fits[-1][:2] == (4, 8)  # 9 = 2 x 4 + 1: the last batch of one is dropped, 2 batches per epoch
     w = E.pretrain(X[:16], 'masked', cfg.replace(pretrain_epochs=1, finetune_steps=None), path=tmp_path / 'w.pth')
     E.finetune(X[:10], y[:10], X[10:20], y[10:20], cfg.replace(recipe='lp-ft', finetune_steps=12), weights=w)
     (n_lp, _, grads_lp), (n_ft, _, grads_ft) = fits[-2:]
@@ -350,14 +353,14 @@ def test_finetune_runs_the_step_budget_and_lp_ft_stages(counts, monkeypatch, tmp
 
 
 def test_pretrain_probe_curve_reports_and_changes_nothing(counts, tmp_path):
-    "The probe curve: about five points, the last at the last epoch; the weights are those of a run without it."
+    "The probe curve: at most five points, the last at the last epoch; the weights are those of a run without it."
     import torch
     X, _ = counts
     y = np.arange(len(X)) % 2
     cfg = E.RunConfig(arch_config={'nf': 8}, pretrain_epochs=6, bs=8, device='cpu', max_len=64)
     w0, info0 = E.pretrain(X[:32], 'masked', cfg, path=tmp_path / 'a.pth', return_info=True)
     w1, info1 = E.pretrain(X[:32], 'masked', cfg, path=tmp_path / 'b.pth', probe=(X[:20], y[:20]), return_info=True)
-    assert 'probe_curve' not in info0 and [e for e, _ in info1['probe_curve']] == [1, 2, 3, 4, 5, 6]
+    assert 'probe_curve' not in info0 and [e for e, _ in info1['probe_curve']] == [2, 4, 6]  # at most five probes
     assert all(0 <= a <= 1 for _, a in info1['probe_curve'])
     a, b = torch.load(w0, map_location='cpu'), torch.load(w1, map_location='cpu')
     a, b = (d.get('model', d) for d in (a, b))
@@ -379,8 +382,12 @@ def test_pool_fractions_curve(counts, tmp_path):
     with pytest.raises(ExperimentError, match='pool fractions'):
         E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg, tasks=('masked',), fractions=(1.0,), pool_fractions=(0,),
                   progress=False)
-    rows = E.compare(X[:32], y[:32], X[32:], y[32:], X_unlabeled=X[:16], config=cfg, tasks=('masked',), fractions=(1.0,),
-                     seeds=(0,), workdir=tmp_path, pool_fractions=(0.25, 0.5), probe=False, progress=False)
+    with pytest.warns(UserWarning, match='mixes data with compute'):
+        E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg, tasks=('masked',), fractions=(1.0,), seeds=(0,),
+                  workdir=tmp_path / 'epochs', pool_fractions=(0.5,), probe=False, progress=False)
+    rows = E.compare(X[:32], y[:32], X[32:], y[32:], X_unlabeled=X[:16], config=cfg.replace(pretrain_steps=4),
+                     tasks=('masked',), fractions=(1.0,), seeds=(0,), workdir=tmp_path, pool_fractions=(0.25, 0.5),
+                     probe=False, progress=False)
     pre = [r for r in rows if r['fraction'] is None]
     assert [r['n_pretrain'] for r in pre] == [48, 24, 12] and [r['pool_fraction'] for r in pre] == [1.0, 0.5, 0.25]
     assert len(E.aggregate(rows)) == 2  # scratch and the full pool's masked

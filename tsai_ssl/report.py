@@ -53,7 +53,8 @@ def paired_ci(diffs, level: float = 0.95) -> tuple[float, float] | None:
 
 def aggregate(rows: Sequence[dict]) -> list[dict]:
     """Mean and (sample) std of the test accuracy per method and fraction, and against training from scratch:
-    ``gain_points`` (difference of the means, accuracy points), ``paired_seeds`` (seeds run by both) and ``ci95``
+    ``gain_points`` (mean per-seed difference in accuracy points over the seeds both ran; the difference of the means
+    when they share none), ``paired_seeds`` (seeds run by both) and ``ci95``
     (95% confidence interval of the per-seed paired difference in points, `paired_ci`; None with fewer than two
     paired seeds). All three are None for scratch or when scratch is missing; ``std`` is None for one seed."""
     fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None
@@ -73,10 +74,11 @@ def aggregate(rows: Sequence[dict]) -> list[dict]:
         b = base.get(a['fraction'])
         a['gain_points'] = a['paired_seeds'] = a['ci95'] = None
         if a['method'] == SCRATCH or b is None: continue
-        a['gain_points'] = round(100 * (a['mean'] - b['mean']), 2)
         seeds = sorted({s for (m, f, s) in acc_of if m == a['method'] and f == a['fraction']}
                        & {s for (m, f, s) in acc_of if m == SCRATCH and f == a['fraction']}, key=str)
         diffs = [100 * (acc_of[a['method'], a['fraction'], s] - acc_of[SCRATCH, a['fraction'], s]) for s in seeds]
+        # on the seeds both ran, so that the gain and its interval describe the same runs
+        a['gain_points'] = round(float(np.mean(diffs)) if diffs else 100 * (a['mean'] - b['mean']), 2)
         a['paired_seeds'] = len(seeds)
         ci = paired_ci(diffs)
         a['ci95'] = None if ci is None else [round(ci[0], 2), round(ci[1], 2)]
@@ -274,7 +276,7 @@ def plot_probe_curves(rows: Sequence[dict], path: str | os.PathLike) -> Path | N
     pretraining rows), one line per task and seed: a curve still rising at the end says pretrain longer. None
     when no row has a curve."""
     from matplotlib.figure import Figure
-    curves = [r for r in rows if r.get('probe_curve')]
+    curves = [r for r in rows if r.get('probe_curve') and r.get('pool_fraction', 1.0) == 1.0]
     if not curves: return None
     fig = Figure(figsize=(6.4, 4.2), dpi=110)
     ax = fig.subplots()
@@ -310,12 +312,14 @@ def save_results(rows: Sequence[dict], out: str | os.PathLike, config: dict | No
     agg = aggregate(rows)
     paths = dict(json=out / 'results.json', csv=out / 'results.csv', summary_csv=out / 'summary.csv')
     if plot: paths['png'] = out / 'accuracy.png'
-    if plot and any(r.get('probe_curve') for r in rows): paths['probe_png'] = out / 'probe.png'
+    if plot and any(r.get('probe_curve') and r.get('pool_fraction', 1.0) == 1.0 for r in rows):
+        paths['probe_png'] = out / 'probe.png'
     if plot and pool_curve(rows): paths['pool_png'] = out / 'pool.png'
     doc = dict(config=config or {}, runs=list(rows), summary=agg, pool_curve=pool_curve(rows), table=table, sentence=sentence,
                files={k: str(v) for k, v in paths.items()})
     paths['json'].write_text(json.dumps(doc, indent=1, default=_json_default))
-    keys = ['method', 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds', 'best_valid_loss', 'weights']
+    keys = ['method', 'fraction', 'n_labeled', 'seed', 'accuracy', 'seconds', 'best_valid_loss', 'weights', 'pool_fraction',
+            'n_pretrain']
     with open(paths['csv'], 'w', newline='') as fh:
         w = csv.writer(fh); w.writerow(keys)
         for r in rows: w.writerow([_csv_value(r.get(k)) for k in keys])

@@ -36,6 +36,7 @@ __all__ = ['SCRATCH', 'MVP', 'normalize_task', 'pretrain', 'pretrain_mvp', 'fine
 SCRATCH = 'scratch'
 MVP = 'mvp'  # tsai's own masked value prediction (`tsai.callback.MVP`): a reference method in `compare`, not a task
 _STEPS_PER_BATCH = 2 ** 17  # cap on bs * length for full-length (uncropped) validation/test batches
+_SEMI_COST = 2.  # a semi-supervised step runs a labeled and an unlabeled batch: about two steps' work
 
 
 def _registry():
@@ -235,7 +236,7 @@ def _probe_callback(probe: tuple, epochs: int, cfg: RunConfig):
     X, y = probe
     y = np.asarray(y)
     if len(np.unique(y)) < 2 or np.unique(y, return_counts=True)[1].min() < 2: return None
-    return LinearProbe(as_series(X, 'probe series'), y, every=max(1, epochs // 5), bs=_eval_bs(as_series(X), cfg.bs),
+    return LinearProbe(as_series(X, 'probe series'), y, every=math.ceil(epochs / 5), bs=_eval_bs(as_series(X), cfg.bs),
                        seed=cfg.seed)
 
 
@@ -261,12 +262,14 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     for i, x in enumerate(series): arr[i, :, :x.shape[-1]] = x
     perm = np.random.default_rng(cfg.seed).permutation(len(series))
     n_val = max(1, int(round(max(cfg.valid_pct, 0.1) * len(series))))
-    dls = get_ts_dls(arr, splits=(list(perm[n_val:]), list(perm[:n_val])), batch_tfms=[_standardize()], bs=cfg.bs,
-                     device=dev)
+    n_tr = len(series) - n_val
+    bs = min(cfg.bs, n_tr)  # fastai drops the last partial training batch by default: drop it only when it is one
+    dls = get_ts_dls(arr, splits=(list(perm[n_val:]), list(perm[:n_val])), batch_tfms=[_standardize()], bs=bs,
+                     drop_last=(_drop_last(n_tr, bs), False), device=dev)
     window = cfg.max_len if cfg.max_len and cfg.max_len < L else None
     cb = TsaiMVP(target_dir=str(path.parent), fname=path.stem, window_size=window, verbose=False)
     units = float(len(series) - n_val) * (window or L)
-    epochs = cfg.epochs('pretrain', len(series) - n_val)
+    epochs = cfg.epochs('pretrain', n_tr)
     learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
     if not hasattr(learn.model, 'head'):
         raise InputError(f"tsai's MVP needs a model with a head attribute: use {cfg.arch_name}Plus or another tsai *Plus model")
@@ -330,8 +333,9 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n, min(cfg.bs, n)))
     epochs = cfg.epochs('finetune', n)
-    cbs = [tick_callback(progress, _units(X_tr, cfg.max_len), log=cfg.verbose)]
-    if semi_task is not None and cfg.semi_weight > 0:
+    semi = semi_task is not None and cfg.semi_weight > 0
+    cbs = [tick_callback(progress, _units(X_tr, cfg.max_len) * (_SEMI_COST if semi else 1), log=cfg.verbose)]
+    if semi:
         cbs.append(_semi_callback(semi_task, X_tr if X_unlabeled is None else as_series(X_unlabeled, 'X_unlabeled'),
                                   cfg, dev))
     learn = _make_learner(dls, cfg, dev, metrics=acc_metric, cbs=cbs)
@@ -411,7 +415,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     ``pool_fractions`` (e.g. ``(0.1, 0.3)``) answers "how much data for pretraining?": each task is also pretrained
     on those shares of the pretraining series (nested random subsets per seed) and fine-tuned at every fraction;
     those rows carry ``pool_fraction`` and ``n_pretrain`` (the full pool's rows have 1.0 and all series), and
-    `aggregate` / `summarize` leave them out (see `tsai_ssl.report.pool_curve`).
+    `aggregate` / `summarize` leave them out (see `tsai_ssl.report.pool_curve`). Give ``pretrain_steps`` then, so
+    that every pool trains for the same number of steps (with epochs a small pool also gets less compute: a warning).
     """
     cfg = _config(config, overrides, 'pretrain_epochs')
     reg = _registry()
@@ -425,6 +430,9 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     X_pre = X_tr + X_unl
     pools = sorted({float(p) for p in pool_fractions} - {1.0})
     if any(not 0 < p < 1 for p in pools): raise InputError(f'pool fractions must be in (0, 1], got {list(pool_fractions)}')
+    if pools and cfg.pretrain_steps is None:
+        warnings.warn('pool_fractions with a pretraining budget in epochs: a smaller pool also gets fewer optimizer '
+                      'steps, so the curve mixes data with compute; set pretrain_steps (--pretrain-steps)', stacklevel=2)
 
     def pool_subset(p: float, s: int) -> list:  # nested: the first share of one permutation per seed
         k = max(2, int(round(p * len(X_pre))))
@@ -448,8 +456,9 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
             n_f = len(subsets[f, s])
             ep_f = cfg.epochs('finetune', n_f)
             n_task_fits = len(task_cls) * (1 + len(pools))
-            n_fits = 1 + with_mvp + n_task_fits * (3 if cfg.semi_weight > 0 else 1)  # a semi fit costs about two
-            total += n_fits * (ep_f * L_tr[subsets[f, s]].sum() + _eval_units(X_te))
+            n_fits = 1 + with_mvp + n_task_fits * (2 if cfg.semi_weight > 0 else 1)
+            cost = 1 + with_mvp + n_task_fits * (1 + _SEMI_COST if cfg.semi_weight > 0 else 1)  # in plain fits
+            total += cost * ep_f * L_tr[subsets[f, s]].sum() + n_fits * _eval_units(X_te)
     n_pre = len(seeds) * (len(task_cls) * (1 + len(pools)) + with_mvp)
     n_fit = len(seeds) * len(fractions) * (1 + with_mvp + len(task_cls) * (1 + len(pools)) * (2 if cfg.semi_weight > 0 else 1))
     if progress is True:  # the plan, and what it should cost on this machine, before any training

@@ -44,9 +44,9 @@ N_VALUES_HELP = ("value range of the series: N when the values are the integers 
                  "is almost but not quite such integers is an error saying where)")
 
 # demo settings: chosen so `tsai-ssl demo` finishes within 5 minutes on 2 CPU cores (see README)
-DEMO = dict(n_train=128, n_test=100, series_len=(512, 1024), max_len=512, bs=16, pretrain_epochs=8,
-            finetune_epochs=8, finetune_min_steps=50, fractions='5%,20%,100%', seeds='2', lr=3e-3,
-            arch_config='{"nf": 32}', out='runs/demo')
+DEMO = dict(n_train=200, n_unlabeled=2000, n_test=400, series_len=(256, 1024), max_len=256, bs=16, pretrain_steps=400,
+            finetune_steps=200, fractions='5%,100%', seeds='1', lr=3e-3, arch_config='{"nf": 16}', tasks='masked,contrastive',
+            out='runs/demo')
 
 
 class UsageError(InputError):
@@ -127,6 +127,8 @@ def _add_data_args(p: argparse.ArgumentParser, synthetic_defaults: dict | None =
 def _add_synthetic_args(p, d):
     g = p.add_argument_group('synthetic data (--synthetic, demo)')
     g.add_argument('--n-train', type=int, default=d.get('n_train', 600), help='training series')
+    if 'n_unlabeled' in d:
+        g.add_argument('--n-unlabeled', type=int, default=d['n_unlabeled'], help='unlabeled series (pretraining only)')
     g.add_argument('--n-test', type=int, default=d.get('n_test', 600), help='test series')
     g.add_argument('--series-len', type=int, nargs=2, metavar=('MIN', 'MAX'), default=list(d.get('series_len', (512, 30720))),
                    help='range of series lengths (log-uniform)')
@@ -159,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     def comparison_args(sp, d):
         g = sp.add_argument_group('comparison')
-        g.add_argument('--tasks', default=None,
-                       help='comma-separated pretext tasks, or all (default: every task; for the names run: tsai-ssl tasks); '
-                            "mvp adds tsai's own MVP callback as a reference")
+        g.add_argument('--tasks', default=d.get('tasks'),
+                       help='comma-separated pretext tasks, or all (default: ' + (d['tasks'] if d.get('tasks') else 'every task')
+                            + "; for the names run: tsai-ssl tasks); mvp adds tsai's own MVP callback as a reference")
         g.add_argument('--fractions', default=d.get('fractions'),
                        help='labeled fractions of the training series, e.g. 1%%,5%%,100%% or 0.01,0.05,1 ' + (
                             '(default: %(default)s)' if d.get('fractions') else
@@ -206,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description='Runs compare on the embedded synthetic data set with small settings that finish '
                         'within about 5 minutes on 2 CPU cores. Every option of compare can be changed.')
     _add_synthetic_args(sp, DEMO)
-    _add_train_args(sp, DEMO, f"pretraining and fine-tuning epochs (default {DEMO['pretrain_epochs']})",
+    _add_train_args(sp, DEMO, 'pretraining and fine-tuning epochs (default: the step budgets below)',
                     'classifier (default ResNetPlus)')
     comparison_args(sp, DEMO)
 
@@ -284,6 +286,9 @@ def _load_data(args, synthetic: bool = False) -> E.SplitData:
     if synthetic or args.synthetic:
         lo, hi = args.series_len
         if args.n_train < 2 or args.n_test < 1: raise UsageError('--n-train must be >= 2 and --n-test >= 1')
+        if synthetic:  # the demo's set: many unlabeled series
+            if args.n_unlabeled < 0: raise UsageError('--n-unlabeled must be >= 0')
+            return E.demo_data(args.n_train, args.n_unlabeled, args.n_test, min_len=lo, max_len=hi, seed=args.data_seed)
         return E.synthetic_data(args.n_train, args.n_test, min_len=lo, max_len=hi, seed=args.data_seed)
     if args.ucr: return E.ucr_data(args.ucr)
     return E.load_npz(args.data, test_size=args.test_size, seed=0)
@@ -362,7 +367,8 @@ def cmd_compare(args, demo: bool = False) -> int:
     t_start = time.time()
     if demo:  # before anything else: what the embedded data set is
         data = _load_data(args, synthetic=True)
-        print('Embedded synthetic data set (tsai_ssl.datasets.make_synthetic_split):')
+        print('Demo data set (tsai_ssl.datasets.make_demo_data: the class is which of a shared vocabulary of short '
+              'count patterns a series uses most; 10x more unlabeled than labeled series):')
         print(E.describe_data(data).split('\n', 1)[1], flush=True)
     _check_common(args)
     seeds = _parse_seeds(args.seeds)
@@ -377,8 +383,7 @@ def cmd_compare(args, demo: bool = False) -> int:
     n_values = _resolve_n_values(args, data)
     fractions = _resolve_fractions(args, data.y_train)
     if not fractions: raise UsageError('no label fraction leaves every class with a label: pass --fractions')
-    default_ep = DEMO['pretrain_epochs'] if demo else 10
-    pe, fe = _epochs(args, 'pretrain', default_ep), _epochs(args, 'finetune', DEMO['finetune_epochs'] if demo else 10)
+    pe, fe = _epochs(args, 'pretrain', 10), _epochs(args, 'finetune', 10)
     if args.semi_weight < 0: raise UsageError('--semi-weight must be >= 0')
     for k in ('pretrain_steps', 'finetune_steps'):
         if getattr(args, k) is not None and getattr(args, k) < 1: raise UsageError(f"--{k.replace('_', '-')} must be >= 1")

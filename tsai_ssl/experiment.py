@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from .config import ARCHS, RECIPES, RunConfig, get_arch, normalize_arch, recorded_arch, resolve_device
 from .errors import InputError
-from .inputs import SplitData, describe_data, load_npz, split_data, synthetic_data, ucr_data, ucr_names
+from .inputs import SplitData, demo_data, describe_data, load_npz, split_data, synthetic_data, ucr_data, ucr_names
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset, min_fraction, n_labels
 from .progress import Progress, hms
 from .report import aggregate, method_label, paired_ci, plot_pool_curve, plot_results, pool_curve, save_results, summarize
@@ -36,6 +36,6 @@ ExperimentError = InputError  # the old name: `except ExperimentError` still cat
 __all__ = ['ExperimentError', 'RECIPES', 'InputError', 'RunConfig', 'ARCHS', 'DEFAULT_FRACTIONS', 'SCRATCH', 'SplitData',
            'normalize_task', 'normalize_arch', 'get_arch', 'resolve_device', 'recorded_arch', 'infer_n_values',
            'as_series', 'check_series', 'check_fractions', 'label_subset', 'min_fraction', 'n_labels', 'fmt_frac',
-           'evaluate', 'load_npz', 'synthetic_data', 'ucr_data', 'ucr_names', 'split_data', 'describe_data',
+           'evaluate', 'load_npz', 'synthetic_data', 'demo_data', 'ucr_data', 'ucr_names', 'split_data', 'describe_data',
            'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'seconds_per_unit', 'compare', 'aggregate',
            'paired_ci', 'summarize', 'method_label', 'pool_curve', 'plot_pool_curve', 'plot_results', 'save_results', 'Progress', 'hms']

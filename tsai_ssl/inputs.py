@@ -21,7 +21,7 @@ from .errors import InputError
 from .labels import fmt_frac
 from .series import Namer, as_series, check_series
 
-__all__ = ['SplitData', 'split_data', 'load_npz', 'synthetic_data', 'ucr_names', 'ucr_data', 'describe_data']
+__all__ = ['SplitData', 'split_data', 'load_npz', 'synthetic_data', 'demo_data', 'ucr_names', 'ucr_data', 'describe_data']
 
 
 @dataclass
@@ -207,6 +207,17 @@ def synthetic_data(n_train: int = 600, n_test: int = 600, n_classes: int = 4, mi
         raise InputError(f'synthetic data: {e}') from None
     return SplitData(list(X_tr), np.asarray(y_tr), list(X_te), np.asarray(y_te), [],
                      source=f'synthetic (make_synthetic_split n_train={n_train} n_test={n_test} '
+                            f'lengths {min_len}-{max_len} seed={seed})')
+
+
+def demo_data(n_train: int = 200, n_unlabeled: int = 2000, n_test: int = 400, min_len: int = 256,
+              max_len: int = 1024, seed: int = 0) -> SplitData:
+    "The demo set (`tsai_ssl.datasets.make_demo_data`): counts 0..40, 4 classes, 10x more unlabeled than labeled."
+    from .datasets import make_demo_data
+    try: d = make_demo_data(n_train, n_unlabeled, n_test, min_len=min_len, max_len=max_len, seed=seed)
+    except ValueError as e: raise InputError(f'demo data: {e}') from None
+    return SplitData(list(d.X_train), d.y_train, list(d.X_test), d.y_test, list(d.X_unlabeled),
+                     source=f'demo (make_demo_data n_train={n_train} n_unlabeled={n_unlabeled} n_test={n_test} '
                             f'lengths {min_len}-{max_len} seed={seed})')
 
 

@@ -59,20 +59,21 @@ def test_compare_end_to_end(npz, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert 'Traceback' not in r.stderr
     assert 'from scratch' in r.stdout and 'masked-value' in r.stdout and '50% (n=' in r.stdout
-    assert 'ETA' in r.stderr  # the progress bar
+    assert 'ETA' in r.stderr and 'plan: 1 pretraining and 3 classifier fits' in r.stderr  # the plan, the bar
     doc = json.loads((out / 'results.json').read_text())
     cfg = doc['config']
     assert cfg['n_unlabeled'] == 8 and cfg['n_train'] == 32 and cfg['n_test'] == 8
     assert cfg['tasks'] == ['masked'] and cfg['fractions'] == [0.5] and cfg['n_values'] == 41
     fits = [r for r in doc['runs'] if r['accuracy'] is not None]
-    assert sorted(r['method'] for r in fits) == ['masked', 'scratch']
+    assert sorted(r['method'] for r in fits) == ['masked', 'masked+semi', 'scratch']  # semi-supervised by default
     assert all(0 <= r['accuracy'] <= 1 and r['n_labeled'] == 16 and r['fraction'] == 0.5 for r in fits)
     pre = [r for r in doc['runs'] if r['fraction'] is None]
     assert len(pre) == 1 and Path(pre[0]['weights']).exists()
-    assert {(a['method'], a['fraction']) for a in doc['summary']} == {('scratch', 0.5), ('masked', 0.5)}
+    assert {(a['method'], a['fraction']) for a in doc['summary']} == {('scratch', 0.5), ('masked', 0.5), ('masked+semi', 0.5)}
+    assert cfg['finetune_steps'] is None and cfg['max_len'] == 512 and cfg['semi_weight'] == 1.0  # --epochs: no budget
     assert doc['sentence'] in r.stdout and doc['sentence'].endswith('.')
     rows = list(csv.DictReader(open(out / 'results.csv')))
-    assert len(rows) == 3 and {'method', 'fraction', 'seed', 'accuracy'} <= set(rows[0])
+    assert len(rows) == 4 and {'method', 'fraction', 'seed', 'accuracy'} <= set(rows[0])
     assert (out / 'summary.csv').exists()
     assert (out / 'accuracy.png').read_bytes()[:4] == b'\x89PNG'
 

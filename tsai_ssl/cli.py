@@ -49,6 +49,13 @@ DEMO = dict(n_train=200, n_unlabeled=2000, n_test=400, series_len=(256, 1024), m
             out='runs/demo')
 
 
+# compare's defaults: every layer trained for a budget in steps (a few labels train as long as many), 512-step training
+# crops, ResNetPlus at width 32, the tasks, one semi-supervised method and tsai's MVP as the reference; on 600 series of
+# up to 4096 steps and one label fraction, 2 seeds stay well under 45 minutes on 2 CPU cores (README, "Measured")
+COMPARE = dict(pretrain_steps=600, finetune_steps=400, max_len=512, bs=16, arch_config='{"nf": 32}', semi_weight=1.,
+               semi_tasks='masked', tasks='masked,next,contrastive,mvp')
+
+
 class UsageError(InputError):
     "Bad command-line input (exit status 2)."
 
@@ -175,15 +182,21 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument('--finetune-min-steps', type=int, default=d.get('finetune_min_steps', 0),
                        help='raise the fine-tuning epochs of small label fractions to at least this many optimizer steps '
                             '(same for pretrained and scratch)')
-        g.add_argument('--pretrain-steps', type=int, default=d.get('pretrain_steps'),
-                       help='pretraining budget in optimizer steps (replaces the pretraining epochs)')
-        g.add_argument('--finetune-steps', type=int, default=d.get('finetune_steps'),
+        def steps_help(stage):
+            dflt = d.get(f'{stage}_steps')
+            return f' (default: {dflt}, unless --epochs or --{stage}-epochs is given)' if dflt else ''
+        g.add_argument('--pretrain-steps', type=int, default=None,
+                       help='pretraining budget in optimizer steps (replaces the pretraining epochs)' + steps_help('pretrain'))
+        g.add_argument('--finetune-steps', type=int, default=None,
                        help='fine-tuning budget in optimizer steps, whatever the number of labels (replaces the '
-                            'fine-tuning epochs; same for pretrained and scratch)')
+                            'fine-tuning epochs; same for pretrained and scratch)' + steps_help('finetune'))
         g.add_argument('--recipe', default='full', choices=E.RECIPES,
                        help='how a classifier trains from pretrained weights: every layer (full), the head first for a '
                             'quarter of the epochs (lp-ft), or the head alone (frozen)')
-        g.add_argument('--semi-weight', type=float, default=0.,
+        g.add_argument('--semi-tasks', default=None,
+                       help='with --semi-weight: the tasks fine-tuned semi-supervised (default: '
+                            + (d['semi_tasks'] if d.get('semi_tasks') else 'every task') + ')')
+        g.add_argument('--semi-weight', type=float, default=d.get('semi_weight', 0.),
                        help='> 0: also fine-tune each task semi-supervised, its loss on the unlabeled series kept on '
                             'with this weight (methods <task>+semi)')
         g.add_argument('--pseudo-threshold', type=float, default=d.get('pseudo_threshold'),
@@ -201,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         'several seeds, and evaluate on the test split. Prints a table and a sentence; writes JSON, CSV '
                         'and a PNG.\n\n' + DATA_HELP)
     _add_data_args(sp)
-    _add_train_args(sp, {}, 'pretraining and fine-tuning epochs (default 10)', 'classifier (default ResNetPlus)')
-    comparison_args(sp, {})
+    _add_train_args(sp, COMPARE, 'pretraining and fine-tuning epochs (default: the step budgets below)',
+                    'classifier (default ResNetPlus)')
+    comparison_args(sp, COMPARE)
 
     sp = sub.add_parser('demo', formatter_class=_Formatter, help='compare on the embedded synthetic data (< 5 min on 2 CPUs)',
                         description='Runs compare on the embedded synthetic data set with small settings that finish '
@@ -346,6 +360,20 @@ def _resolve_tasks(args) -> list[str]:
     return list(dict.fromkeys(E.MVP if t.lower() == E.MVP else E.normalize_task(t) for t in toks))
 
 
+def _semi_tasks(args, tasks: list[str], default: str | None) -> list[str] | None:
+    """The tasks fine-tuned semi-supervised: --semi-tasks (each among --tasks), else the command's default ones that
+    are among --tasks (else the first task); None: every task."""
+    own = [t for t in tasks if t != E.MVP]
+    if not args.semi_tasks:
+        if default is None: return None
+        picked = [t for t in default.split(',') if t in own]
+        return picked or own[:1]
+    toks = [E.normalize_task(t) for t in str(args.semi_tasks).replace(' ', ',').split(',') if t]
+    missing = [t for t in toks if t not in own]
+    if missing: raise UsageError(f"--semi-tasks {', '.join(missing)} not among --tasks {', '.join(tasks)}")
+    return toks
+
+
 def _epochs(args, which: str, default: int) -> int:
     v = getattr(args, f'{which}_epochs', None)
     return v if v is not None else args.epochs if args.epochs is not None else default
@@ -384,6 +412,10 @@ def cmd_compare(args, demo: bool = False) -> int:
     fractions = _resolve_fractions(args, data.y_train)
     if not fractions: raise UsageError('no label fraction leaves every class with a label: pass --fractions')
     pe, fe = _epochs(args, 'pretrain', 10), _epochs(args, 'finetune', 10)
+    d = DEMO if demo else COMPARE
+    for stage in ('pretrain', 'finetune'):  # the step budget by default, the epochs when the user gives them
+        if getattr(args, f'{stage}_steps') is None and args.epochs is None and getattr(args, f'{stage}_epochs') is None:
+            setattr(args, f'{stage}_steps', d.get(f'{stage}_steps'))
     if args.semi_weight < 0: raise UsageError('--semi-weight must be >= 0')
     for k in ('pretrain_steps', 'finetune_steps'):
         if getattr(args, k) is not None and getattr(args, k) < 1: raise UsageError(f"--{k.replace('_', '-')} must be >= 1")
@@ -426,7 +458,8 @@ def cmd_compare(args, demo: bool = False) -> int:
 
     rows = E.compare(data.X_train, data.y_train, data.X_test, data.y_test, X_unlabeled=data.X_unlabeled,
                      config=cfg.replace(device=dev), tasks=tasks, fractions=fractions, seeds=seeds, workdir=out,
-                     pool_fractions=pools, progress=not args.quiet, on_result=partial)
+                     pool_fractions=pools, semi_tasks=_semi_tasks(args, tasks, d.get('semi_tasks')),
+                     progress=not args.quiet, on_result=partial)
     config['wall_seconds'] = round(time.time() - t_start, 1)
     n_seeds = len(seeds)
     title = (f"{_arch_text(cfg)} on {data.source.split(' (')[0]}: test accuracy vs labels "

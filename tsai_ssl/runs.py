@@ -397,7 +397,8 @@ def _export(learn, fname):
 def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfig | None = None, *,
             tasks: Sequence[str] = ('masked', 'next', 'contrastive'), fractions: Sequence[float] = DEFAULT_FRACTIONS,
             seeds: Sequence[int] = (0, 1, 2), workdir: str | os.PathLike = 'runs/compare', probe: bool = True,
-            pool_fractions: Sequence[float] = (), progress: bool | Progress = True,
+            pool_fractions: Sequence[float] = (), semi_tasks: Sequence[str] | None = None,
+            progress: bool | Progress = True,
             on_result: Callable[[dict], None] | None = None, **overrides) -> list[dict]:
     """Pretraining vs training from scratch at several label fractions; returns one dict per run:
 
@@ -412,6 +413,9 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     ``probe_curve``, the cross-validated linear-probe accuracy on up to 200 labeled training series during the fit
     (`pretrain`'s ``probe``; training series only, and it selects nothing).
 
+    With ``config.semi_weight > 0`` the tasks in ``semi_tasks`` (None: every task) are also fine-tuned
+    semi-supervised (``<task>+semi``, `tsai_ssl.semi.SemiSupervised`, on all pretraining series).
+
     ``pool_fractions`` (e.g. ``(0.1, 0.3)``) answers "how much data for pretraining?": each task is also pretrained
     on those shares of the pretraining series (nested random subsets per seed) and fine-tuned at every fraction;
     those rows carry ``pool_fraction`` and ``n_pretrain`` (the full pool's rows have 1.0 and all series), and
@@ -422,6 +426,9 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     reg = _registry()
     with_mvp = any(str(t).strip().lower() == MVP for t in tasks)
     task_cls = {normalize_task(t): reg.get_task(t) for t in tasks if str(t).strip().lower() != MVP}  # fails before training
+    semi = [] if not cfg.semi_weight > 0 else list(task_cls) if semi_tasks is None else \
+        list(dict.fromkeys(normalize_task(t) for t in semi_tasks))
+    if set(semi) - set(task_cls): raise InputError(f'semi-supervised tasks {sorted(set(semi) - set(task_cls))} are not in tasks')
     fractions = check_fractions(fractions)
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
     X_unl = as_series(X_unlabeled, 'X_unlabeled') if X_unlabeled is not None and len(X_unlabeled) else []
@@ -455,12 +462,12 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
         for f in fractions:
             n_f = len(subsets[f, s])
             ep_f = cfg.epochs('finetune', n_f)
-            n_task_fits = len(task_cls) * (1 + len(pools))
-            n_fits = 1 + with_mvp + n_task_fits * (2 if cfg.semi_weight > 0 else 1)
-            cost = 1 + with_mvp + n_task_fits * (1 + _SEMI_COST if cfg.semi_weight > 0 else 1)  # in plain fits
+            n_task_fits, n_semi_fits = len(task_cls) * (1 + len(pools)), len(semi) * (1 + len(pools))
+            n_fits = 1 + with_mvp + n_task_fits + n_semi_fits
+            cost = 1 + with_mvp + n_task_fits + n_semi_fits * _SEMI_COST  # in plain fits
             total += cost * ep_f * L_tr[subsets[f, s]].sum() + n_fits * _eval_units(X_te)
     n_pre = len(seeds) * (len(task_cls) * (1 + len(pools)) + with_mvp)
-    n_fit = len(seeds) * len(fractions) * (1 + with_mvp + len(task_cls) * (1 + len(pools)) * (2 if cfg.semi_weight > 0 else 1))
+    n_fit = len(seeds) * len(fractions) * (1 + with_mvp + (len(task_cls) + len(semi)) * (1 + len(pools)))
     if progress is True:  # the plan, and what it should cost on this machine, before any training
         L = int(min(max(x.shape[-1] for x in X_pre), cfg.max_len or 10 ** 9))
         eta = total * seconds_per_unit(cfg, X_tr[0].shape[0], len(np.unique(y_tr)), L) * 1.15  # + data, eval overheads
@@ -511,7 +518,7 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
                     pretrained(t, s, wpath, info, pool)
                     for f in fractions:
                         fit(t, t, s, f, cs, pool, weights=wpath)
-                        if cfg.semi_weight > 0:
+                        if t in semi:
                             fit(f'{t}+semi', f'{t}+semi', s, f, cs, pool, weights=wpath, semi_task=t, X_unlabeled=X_p)
             if with_mvp:
                 bar.advance(0, f"seed {s}: pretrain tsai's MVP")  # on the full pool only: a reference, not a curve

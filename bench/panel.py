@@ -133,7 +133,7 @@ def report(a) -> str:
                 if m != SCRATCH and pairs:
                     ci = paired_ci(pairs)
                     txt += f' ({np.mean(pairs):+.1f}' + (f' [{ci[0]:+.1f}, {ci[1]:+.1f}]' if ci else '') + ')'
-                line.append(txt + ('' if len(v) == len(a.seeds) else f' ({len(v)} seeds)'))
+                line.append(txt + ('' if len(v) == len(a.seeds) else f" ({len(v)} seed{'s' if len(v) > 1 else ''})"))
             if frac == 1: line.append(f'{100 * RESNET_ALL[name]:.1f}' if name in RESNET_ALL else '')
             elif frac == 0.1: line.append(' / '.join(f'{100 * x:.1f}' for x in TEN_PCT[name]) if name in TEN_PCT else '')
             out.append('| ' + ' | '.join(line) + ' |')

@@ -267,3 +267,11 @@ def test_every_public_name_imports_from_the_lazy_package():
     from tsai_ssl import MaskedValuePretrain, get_ssl_dls, load_pretrained  # noqa: F401
     with pytest.raises(AttributeError):
         tsai_ssl.no_such_name
+
+
+def test_busy_cores_is_a_share_of_the_machine():
+    import os
+
+    from tsai_ssl.cli import _busy_cores
+    busy = _busy_cores(0.1)
+    assert busy is not None and 0 <= busy <= (os.cpu_count() or 1) + 1e-9

@@ -44,8 +44,8 @@ N_VALUES_HELP = ("value range of the series: N when the values are the integers 
                  "is almost but not quite such integers is an error saying where)")
 
 # demo settings: chosen so `tsai-ssl demo` finishes within 5 minutes on 2 CPU cores (see README)
-DEMO = dict(n_train=200, n_unlabeled=2000, n_test=400, series_len=(256, 1024), max_len=256, bs=16, pretrain_steps=400,
-            finetune_steps=200, fractions='5%,100%', seeds='1', lr=3e-3, arch_config='{"nf": 16}', tasks='masked,contrastive',
+DEMO = dict(n_train=200, n_unlabeled=2000, n_test=400, series_len=(256, 1024), max_len=256, bs=16, pretrain_steps=800,
+            finetune_steps=300, fractions='5%,100%', seeds='1', lr=3e-3, arch_config='{"nf": 32}', tasks='masked,contrastive',
             out='runs/demo')
 
 
@@ -521,6 +521,20 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def _busy_cores(window: float = 0.3) -> float | None:
+    """Cores busy right now: from /proc/stat over `window` seconds on Linux (the 1-minute load average lags a job
+    that just ended by minutes), else the load average; None when neither is available."""
+    def idle_total():
+        with open('/proc/stat') as f: v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v[:8])  # idle + iowait, all but guest time
+    try:
+        i0, t0 = idle_total(); time.sleep(window); i1, t1 = idle_total()
+        return (1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
+    except (OSError, ValueError, IndexError):
+        try: return os.getloadavg()[0]
+        except (AttributeError, OSError): return None
+
+
 def _set_threads(args):
     """--threads N: N torch threads. 0 (auto): torch's default (one per core), lowered to the cores that are idle
     when other jobs keep the machine busy: with more threads than free cores, every parallel operation waits for a
@@ -530,12 +544,12 @@ def _set_threads(args):
         torch.set_num_threads(args.threads)
         return
     n = torch.get_num_threads()
-    try: load = os.getloadavg()[0]
-    except (AttributeError, OSError): return
+    load = _busy_cores()
+    if load is None: return
     free = max(1, min(n, int(round((os.cpu_count() or n) - load))))
     if free < n:
         torch.set_num_threads(free)
-        _say(args, f'note: the machine is busy (load {load:.1f} on {os.cpu_count()} cores): using {free} torch '
+        _say(args, f'note: the machine is busy ({load:.1f} of {os.cpu_count()} cores in use): using {free} torch '
                    f'thread(s) instead of {n} (set --threads to choose)')
 
 

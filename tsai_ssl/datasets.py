@@ -147,16 +147,17 @@ def _synthetic(rng: np.random.Generator, n: int, n_classes: int, min_len: int, m
 #
 # A shared vocabulary of short count patterns ("words": a bump, a ramp up, a ramp down, two peaks, a plateau,
 # ...) occurs all over every series, on a slowly drifting Poisson background. The class is which words a series
-# uses most: class c draws words 2c and 2c+1 with probability 0.3 each and the others share 0.4. Words, their
+# uses most: class c draws words 2c and 2c+1 with probability 0.4 each and the others share 0.2. Words, their
 # amplitude (per series) and the background are the same for every class, so a classifier has to learn what the
 # words look like and count them. Unlabeled series show the words as often as labeled ones: masked-value and
 # next-step prediction must learn them to fill in or continue a series, and two crops of one series share its
 # mix of words. A handful of labels does not teach the words; a few thousand series without labels do.
 
 _DEMO_WORD_LEN = 24
-_DEMO_WORD_EVERY = 40   # mean spacing (steps) of words
+_DEMO_WORD_EVERY = 30   # mean spacing (steps) of words
 _DEMO_PEAK = 12.        # mean height a word adds to the rate
 _DEMO_BACKGROUND = 3.   # median background rate
+_DEMO_OTHERS = 0.2      # share of words that are not the class's own two
 
 
 def _demo_words(n_words: int) -> np.ndarray:
@@ -178,7 +179,7 @@ def _demo_series(rng: np.random.Generator, n: int, n_classes: int, min_len: int,
     y = rng.permutation(np.arange(n) % n_classes)
     X = []
     for L, c in zip(lengths, y):
-        p = np.full(n_words, 0.4 / (n_words - 2)); p[2 * c] = p[2 * c + 1] = 0.3
+        p = np.full(n_words, _DEMO_OTHERS / (n_words - 2)); p[2 * c] = p[2 * c + 1] = (1 - _DEMO_OTHERS) / 2
         drift = lfilter([1.], [1., -0.99], rng.normal(0, 0.3 * np.sqrt(1 - 0.99 ** 2), L))  # AR(1) log-rate
         rate = _DEMO_BACKGROUND * np.exp(rng.normal(0, 0.3) + drift)
         k = rng.poisson(L / _DEMO_WORD_EVERY)

@@ -188,7 +188,7 @@ def test_other_bad_input(capsys, npz, tmp_path):
     _bad(capsys, ['compare', str(npz), '--seeds', 'x'], '--seeds')
     _bad(capsys, ['compare', str(npz), '--device', 'tpu'], "--device 'tpu'")
     _bad(capsys, ['compare', str(npz), '--semi-weight', '-1'], '--semi-weight must be >= 0')
-    _bad(capsys, ['compare', str(npz), '--pseudo-threshold', '0.9'], 'give --semi-weight too')
+    _bad(capsys, ['compare', str(npz), '--semi-weight', '0', '--pseudo-threshold', '0.9'], 'give --semi-weight too')
     _bad(capsys, ['compare', str(npz), '--semi-weight', '1', '--pseudo-threshold', '1.5'], '--pseudo-threshold must be in')
     _bad(capsys, ['compare', str(npz), '--finetune-steps', '0'], '--finetune-steps must be >= 1')
     _bad(capsys, ['compare', str(npz), '--pool-fractions', '150'], '--pool-fractions: 150 is above 1')

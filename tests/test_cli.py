@@ -191,6 +191,8 @@ def test_other_bad_input(capsys, npz, tmp_path):
     _bad(capsys, ['compare', str(npz), '--semi-weight', '0', '--pseudo-threshold', '0.9'], 'give --semi-weight too')
     _bad(capsys, ['compare', str(npz), '--semi-weight', '1', '--pseudo-threshold', '1.5'], '--pseudo-threshold must be in')
     _bad(capsys, ['compare', str(npz), '--finetune-steps', '0'], '--finetune-steps must be >= 1')
+    _bad(capsys, ['compare', str(npz), '--tasks', 'masked', '--semi-tasks', 'next', '--epochs', '1'],
+         '--semi-tasks next not among --tasks masked')
     _bad(capsys, ['compare', str(npz), '--pool-fractions', '150'], '--pool-fractions: 150 is above 1')
     _bad(capsys, ['finetune', str(npz), '--weights', str(tmp_path / 'none.pth')], 'weights file not found')
     _bad(capsys, ['compare', str(npz), '--epochs', '0'], '--epochs must be at least 1')

@@ -287,6 +287,9 @@ def test_recipes_and_semi_supervised_in_compare(tmp_path, counts):
                      fractions=(1.0,), seeds=(0,), workdir=tmp_path, progress=False)
     methods = [r['method'] for r in rows if r['fraction'] is not None]
     assert methods == ['scratch', 'masked', 'masked+semi']
+    with pytest.raises(ExperimentError, match=r"semi-supervised tasks \['next'\] are not in tasks"):
+        E.compare(X[:32], y[:32], X[32:], y[32:], config=cfg, tasks=('masked',), semi_tasks=('next',), fractions=(1.0,),
+                  seeds=(0,), workdir=tmp_path, progress=False)
     assert all(0 <= r['accuracy'] <= 1 for r in rows if r['fraction'] is not None)
     assert E.method_label('masked+semi') == 'masked-value + semi-supervised'
     # 'frozen': the loaded backbone's convolutions are exactly the pretrained ones after fine-tuning

@@ -201,14 +201,28 @@ def _join(items: list[str], word: str = 'and') -> str:
     return items[0] if len(items) == 1 else ', '.join(items[:-1]) + f' {word} {items[-1]}'
 
 
+def _figure():
+    "A matplotlib Figure (no pyplot: never changes a notebook's backend or opens a window) and its axes."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.4, 4.2), dpi=110)
+    return fig, fig.subplots()
+
+
+def _save(fig, ax, path, legend_size: int = 9) -> Path:
+    "Grid, legend, tight layout, and the PNG at `path` (its folder made)."
+    ax.grid(alpha=0.3); ax.legend(fontsize=legend_size)
+    fig.tight_layout()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
 def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str | None = None,
                  chance: float | None = None) -> Path:
     """PNG of test accuracy vs labeled fraction (log x axis): one line per method, error bars = std over seeds;
     `chance` (e.g. 1 / n_classes) adds a dotted reference line."""
-    from matplotlib.figure import Figure  # no pyplot: never changes a notebook's backend or opens a window
     agg = aggregate(rows)
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    ax = fig.subplots()
+    fig, ax = _figure()
     fracs = sorted({a['fraction'] for a in agg})
     for k, m in enumerate(_methods(rows)):
         pts = sorted((a for a in agg if a['method'] == m), key=lambda a: a['fraction'])
@@ -226,11 +240,7 @@ def plot_results(rows: Sequence[dict], path: str | os.PathLike, title: str | Non
     ax.set_ylabel('test accuracy (%)')
     n_seeds = max((a['n_seeds'] for a in agg), default=0)
     ax.set_title(title or f"accuracy vs labels (mean ± std over {n_seeds} seed{'s' if n_seeds != 1 else ''})", fontsize=10)
-    ax.grid(alpha=0.3); ax.legend(fontsize=9)
-    fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path, legend_size=9)
 
 
 def pool_curve(rows: Sequence[dict]) -> list[dict]:
@@ -239,7 +249,7 @@ def pool_curve(rows: Sequence[dict]) -> list[dict]:
     fit_rows = [r for r in rows if r.get('accuracy') is not None and r.get('fraction') is not None]
     out = []
     keys = sorted({(r['method'], r['fraction'], r.get('n_pretrain', 0) if r['method'] != SCRATCH else 0)
-                   for r in fit_rows if r['method'] == SCRATCH or 'n_pretrain' in r}, key=lambda k: (k[0], k[1], k[2]))
+                   for r in fit_rows if r['method'] == SCRATCH or 'n_pretrain' in r})
     for m, f, n in keys:
         accs = np.array([r['accuracy'] for r in fit_rows if r['method'] == m and r['fraction'] == f
                          and (m == SCRATCH or r.get('n_pretrain') == n)], dtype=float)
@@ -251,11 +261,9 @@ def pool_curve(rows: Sequence[dict]) -> list[dict]:
 def plot_pool_curve(rows: Sequence[dict], path: str | os.PathLike) -> Path | None:
     """PNG of test accuracy against the number of pretraining series (log x), one line per method and label
     fraction, scratch as a dashed level; None without pool rows."""
-    from matplotlib.figure import Figure
     curve = pool_curve(rows)
     if not curve: return None
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    ax = fig.subplots()
+    fig, ax = _figure()
     for k, (m, f) in enumerate(dict.fromkeys((a['method'], a['fraction']) for a in curve if a['method'] != SCRATCH)):
         pts = sorted((a for a in curve if a['method'] == m and a['fraction'] == f), key=lambda a: a['n_pretrain'])
         ax.errorbar([a['n_pretrain'] for a in pts], [100 * a['mean'] for a in pts], yerr=[100 * (a['std'] or 0) for a in pts],
@@ -264,22 +272,16 @@ def plot_pool_curve(rows: Sequence[dict], path: str | os.PathLike) -> Path | Non
         if sc is not None: ax.axhline(100 * sc['mean'], color=f'C{k}', ls='--', lw=1, label=f'from scratch, {fmt_frac(f)} labels')
     ax.set_xscale('log'); ax.set_xlabel('series seen by pretraining (labels unused)'); ax.set_ylabel('test accuracy (%)')
     ax.set_title('how much data for pretraining? (mean ± std over seeds)', fontsize=10)
-    ax.grid(alpha=0.3); ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path, legend_size=8)
 
 
 def plot_probe_curves(rows: Sequence[dict], path: str | os.PathLike) -> Path | None:
     """PNG of each pretraining's linear-probe accuracy against its epochs (the ``probe_curve`` of `compare`'s
     pretraining rows), one line per task and seed: a curve still rising at the end says pretrain longer. None
     when no row has a curve."""
-    from matplotlib.figure import Figure
     curves = [r for r in rows if r.get('probe_curve') and r.get('pool_fraction', 1.0) == 1.0]
     if not curves: return None
-    fig = Figure(figsize=(6.4, 4.2), dpi=110)
-    ax = fig.subplots()
+    fig, ax = _figure()
     colors = {}
     for r in curves:
         e, acc = zip(*r['probe_curve'])
@@ -288,11 +290,7 @@ def plot_probe_curves(rows: Sequence[dict], path: str | os.PathLike) -> Path | N
         ax.plot(e, [100 * a for a in acc], marker='o', color=c, alpha=0.85, label=method_label(r['method']) if first else None)
     ax.set_xlabel('pretraining epoch'); ax.set_ylabel('linear-probe accuracy (%, cross-validated)')
     ax.set_title('representation quality during pretraining (one line per seed)', fontsize=10)
-    ax.grid(alpha=0.3); ax.legend(fontsize=9)
-    fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    return _save(fig, ax, path, legend_size=9)
 
 
 def _csv_value(v):

@@ -39,6 +39,12 @@ class Backbone(nn.Module):
     """Runs a classifier's feature layers; child names are the classifier's, so state_dict keys match.
 
     Build it with `split_backbone`. ``nf`` is the number of output features per time step.
+
+    Example:
+        ```python
+        bb = split_backbone(ResNetPlus(1, 5))      # a Backbone sharing the classifier's parameters
+        h = bb(torch.randn(8, 1, 512))               # (8, bb.nf, 512): features at every step
+        ```
     """
 
     def __init__(self, parts: dict[str, nn.Module] | None = None, graph: nn.Module | None = None, nf: int | None = None,
@@ -115,6 +121,13 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
 
     Returns a `Backbone` with ``backbone(x) -> (bs, nf, L)`` and ``backbone.nf``.
     Raises `TypeError` saying what structure is expected when the model is not supported.
+
+    Example:
+        ```python
+        model = ResNetPlus(1, 5)
+        bb = split_backbone(model)                   # bb.nf == 128 features per step
+        assert set(bb.state_dict()) <= set(model.state_dict())   # same parameter names
+        ```
     """
     name = getattr(model, '__name__', type(model).__name__)
     if isinstance(model, Backbone): return model
@@ -149,7 +162,15 @@ class PretextModel(nn.Module):
 
     ``forward(x (bs, C, L), pad_mask (bs, L) | None, *head_args) -> head(backbone(x), *head_args)``. With a
     `tsai_ssl.padding.PaddingAware` `pa` over the backbone, `pad_mask` (True = real step) is set on it for this forward only, so
-    padded steps never reach a real step's features and BatchNorm statistics use real steps only."""
+    padded steps never reach a real step's features and BatchNorm statistics use real steps only.
+
+    Example:
+        ```python
+        learn = ts_learner(dls_u, ResNetPlus, cbs=MaskedValuePretrain())
+        learn.fit(1)                                  # during the fit learn.model is a PretextModel
+        learn.model                                   # after it, the ResNetPlus again
+        ```
+    """
 
     def __init__(self, backbone: Backbone, head: nn.Module, pa=None):
         super().__init__()
@@ -188,14 +209,28 @@ def _fit_mask(pad_mask: torch.Tensor, L: int) -> torch.Tensor:
 
 
 def masked_mean(h: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
-    "Mean over time of ``h (bs, nf, L)`` using only real steps (``pad_mask (bs, L)`` True); plain mean if pad_mask is None."
+    """Mean over time of ``h (bs, nf, L)`` using only real steps (``pad_mask (bs, L)`` True); plain mean if pad_mask is None.
+
+    Example:
+        ```python
+        h = split_backbone(ResNetPlus(1, 5))(x)     # (bs, nf, L)
+        z = masked_mean(h, pad_mask)                 # (bs, nf): the mean over each series' real steps
+        ```
+    """
     if pad_mask is None: return h.mean(-1)
     m = _fit_mask(pad_mask, h.shape[-1]).to(h.dtype)[:, None]
     return (h * m).sum(-1) / m.sum(-1).clamp_min(1)
 
 
 def masked_max(h: torch.Tensor, pad_mask: torch.Tensor | None) -> torch.Tensor:
-    "Max over time of ``h (bs, nf, L)`` using only real steps."
+    """Max over time of ``h (bs, nf, L)`` using only real steps.
+
+    Example:
+        ```python
+        h = split_backbone(ResNetPlus(1, 5))(x)     # (bs, nf, L)
+        z = masked_max(h, pad_mask)                  # (bs, nf), padded steps never win
+        ```
+    """
     if pad_mask is None: return h.amax(-1)
     m = _fit_mask(pad_mask, h.shape[-1])[:, None]
     return h.masked_fill(~m, torch.finfo(h.dtype).min).amax(-1)
@@ -230,6 +265,14 @@ def causal(backbone: nn.Module) -> Iterator[nn.Module]:
     BatchNorm's batch statistics still pool over all steps). Restored on exit, also after an exception.
     Raises `NotImplementedError` for layers it cannot make causal (strided convolutions, global pooling
     or attention inside the backbone); `check_causal` verifies the result.
+
+    Example:
+        ```python
+        bb = split_backbone(ResNetPlus(1, 5))
+        with causal(bb):
+            h = bb(x)                                # h[..., t] depends on x[..., :t+1] only (eval mode)
+        check_causal(bb, c_in=1)                     # outside the context: raises, tsai's convolutions look ahead
+        ```
     """
     patched, pads = [], []
     try:
@@ -279,7 +322,13 @@ def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_probe: int
     For a stack of 'same'-padded convolutions this is the sum of the right paddings along the longest path (18 for
     ResNetPlus). The output at ``s`` is then a function of ``x[..., :s+j+1]`` only, which is what next-step
     prediction with ``causal='shift'`` uses. Raises `NotImplementedError` when the output does not keep the length or
-    depends on every step (global pooling, squeeze-excite or attention inside the backbone)."""
+    depends on every step (global pooling, squeeze-excite or attention inside the backbone).
+
+    Example:
+        ```python
+        lookahead(split_backbone(ResNetPlus(1, 5)), c_in=1)   # 18: output step t has seen x[..., :t+19]
+        ```
+    """
     p = next(backbone.parameters())
     g = torch.Generator().manual_seed(seed)
     L = seq_len
@@ -305,7 +354,14 @@ def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_probe: int
 
 @torch.no_grad()
 def check_causal(backbone: nn.Module, c_in: int, seq_len: int = 96, atol: float = 1e-5, seed: int = 0) -> None:
-    """Raise `AssertionError` if, in eval mode, changing ``x[..., t+1:]`` changes the output at any step <= t."""
+    """Raise `AssertionError` if, in eval mode, changing ``x[..., t+1:]`` changes the output at any step <= t.
+
+    Example:
+        ```python
+        bb = split_backbone(ResNetPlus(1, 5))
+        with causal(bb): check_causal(bb, c_in=1)    # passes: no output step sees a later input step
+        ```
+    """
     p = next(backbone.parameters())
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, c_in, seq_len, generator=g).to(p)

@@ -75,6 +75,12 @@ class Checkpoint(Callback):
 
     Resume with the same Learner setup, data and ``fit_one_cycle`` arguments (``n_epoch`` is checked). Add it to a
     pretext-task Learner as well as to a fine-tuning one.
+
+    Example:
+        ```python
+        learn = ts_learner(dls_u, ResNetPlus, cbs=[MaskedValuePretrain(save_as='ssl'), Checkpoint('ssl_run', resume='auto')])
+        learn.fit_one_cycle(100, 1e-3)   # run the same script again after a crash: it continues after the last epoch
+        ```
     """
     order = 75  # before_fit after the pretext task's swap (-5); after_epoch after Recorder (50) and the task (70)
 

@@ -70,11 +70,14 @@ class RunConfig:
     Args:
         arch: a tsai classifier name (see `ARCHS`) or an nn.Module class.
         arch_config: keyword arguments of the architecture, e.g. ``{'nf': 32}`` (recorded with pretrained weights).
-        pretrain_epochs, finetune_epochs: epochs of a pretraining and of a fine-tuning (or from-scratch) fit.
+        pretrain_epochs: epochs of a pretraining fit.
+        finetune_epochs: epochs of a fine-tuning (or from-scratch) fit.
         finetune_min_steps: raise the fine-tuning epochs of small label sets to at least this many optimizer steps.
-        pretrain_steps, finetune_steps: a budget in optimizer steps instead of epochs (None: use the epochs). A
-            fit then runs the fewest whole epochs that reach the steps, so 5 labels train as long as 500 do.
-        lr, bs: learning rate (``fit_one_cycle``) and batch size.
+        pretrain_steps: a pretraining budget in optimizer steps instead of epochs (None: use the epochs). A fit
+            then runs the fewest whole epochs that reach the steps.
+        finetune_steps: the same for fine-tuning and scratch fits, so 5 labels train as long as 500 do.
+        lr: learning rate (``fit_one_cycle``).
+        bs: batch size.
         max_len: training crop (longer series are cut to a random window; validation and test see full length).
         seed: seeds the data order, crops, masks and the model's initial weights.
         device: 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device (cuda runs in mixed precision).
@@ -89,6 +92,13 @@ class RunConfig:
         pseudo_threshold: with ``semi_weight > 0``, also FixMatch's pseudo-label term in those fits (confidence
             threshold, e.g. 0.95; None: off).
         verbose: one line per epoch on stderr.
+
+    Example:
+        ```python
+        cfg = RunConfig(arch='ResNetPlus', arch_config={'nf': 32}, pretrain_steps=600, finetune_steps=400, bs=16,
+                        max_len=512)
+        results = compare(X, y, X_test, y_test, X_unlabeled, cfg, tasks=['masked', 'contrastive'], fractions=[0.1, 1.0], seeds=[0, 1, 2])
+        ```
     """
     arch: object = 'ResNetPlus'
     arch_config: dict | None = None

@@ -49,6 +49,14 @@ class RaggedStore:
     Indexing returns a view ``(C, L_i)``, so the buffer can be a `np.memmap` (values 0..40 fit in uint8:
     a million series of 30k steps is 30 GB on disk and nothing in RAM). Tasks and dataloaders only use
     ``len(store)``, ``store[i]`` and ``store.lengths``.
+
+    Example:
+        ```python
+        store = RaggedStore.from_series(series, dtype=np.uint8)   # list of (C, L_i) arrays of counts 0..40
+        store.save('corpus')                                       # corpus.data.npy + corpus.offsets.npy
+        store = RaggedStore.load('corpus', mmap=True)          # memory-mapped: nothing read until used
+        dls = get_ssl_dls(store, bs=32, max_len=2048)
+        ```
     """
 
     def __init__(self, data: np.ndarray, offsets: np.ndarray):
@@ -105,6 +113,12 @@ def validate_series(series: Sequence[np.ndarray], y=None, min_len: int = 1, n_va
     Refuses: empty data, NaN or infinite values, series shorter than `min_len`, mismatched channel counts,
     a label count different from the series count and, when `n_values` (n: values 0..n-1) is given,
     non-integer or out-of-range values. Nothing is clipped, cast or dropped. See `tsai_ssl.series.check_series`.
+
+    Example:
+        ```python
+        validate_series([np.array([[1., 2., np.nan, 4.]])])
+        # InputError: X[0] has NaN at step 2, inside the series: NaN is allowed only as trailing padding.
+        ```
     """
     check_series(series, y, min_len=min_len, n_values=n_values)
 
@@ -289,7 +303,15 @@ class _KeepPadMask(Pipeline):
 
 
 class SSLDataLoaders(DataLoaders):
-    "fastai `DataLoaders` with the attributes tsai's `ts_learner` reads (`vars`, `c`, `len`, `d`, `cat`) and a variable-length `test_dl`."
+    """fastai `DataLoaders` with the attributes tsai's `ts_learner` reads (`vars`, `c`, `len`, `d`, `cat`) and a variable-length `test_dl`.
+
+    Example:
+        ```python
+        dls = get_ssl_dls(X, y, splits=splits, bs=32)            # an SSLDataLoaders
+        learn = ts_learner(dls, ResNetPlus, metrics=accuracy)
+        preds, _ = learn.get_preds(dl=dls.test_dl(X_new))         # X_new: series of any length
+        ```
+    """
 
     def __init__(self, *loaders, path='.', device=None, c_in: int = 1, vocab=None, seq_len: int | None = None,
                  min_len: int = 1, n_values=None):
@@ -352,6 +374,13 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
             ``n_values`` the tasks take. (Class labels are ``y``; their categories become ``dls.vocab``, fastai's meaning.)
         bucket: group series of similar length into batches (little padding, much faster on varied lengths).
         seed: seeds the training order and crops, and torch's global generator (so a model built next is seeded too).
+
+    Example:
+        ```python
+        X = [np.random.randint(0, 41, (1, n)).astype(np.uint8) for n in (600, 900, 4000)]
+        dls_u = get_ssl_dls(X, bs=2, max_len=1024, batch_tfms=[TSStandardize()])   # unlabeled: pretraining
+        dls = get_ssl_dls(X, y=['a', 'b', 'a'], bs=2)                              # labeled: fine-tuning
+        ```
     """
     series = X if _is_store(X) else to_series_list(X)
     if len(series) == 0: raise ValueError('Empty data: no series given.')
@@ -403,7 +432,16 @@ def _source_dl(learn_or_dl):
 
 
 def batch_pad_mask(learn_or_dl, x: torch.Tensor | None = None) -> torch.Tensor | None:
-    "The padding mask of the batch being processed (True = real step), or None when nothing is padded."
+    """The padding mask of the batch being processed (True = real step), or None when nothing is padded.
+
+    Example:
+        ```python
+        class ShowPadding(Callback):
+            def before_batch(self):
+                pad_mask = batch_pad_mask(self.learn)              # (bs, L) bool, True at real steps, or None
+                if pad_mask is not None: print(pad_mask.float().mean().item())
+        ```
+    """
     m = getattr(_source_dl(learn_or_dl), 'pad_mask', None)
     if m is None or (x is not None and m.shape != (x.shape[0], x.shape[-1])): return None
     return m

@@ -89,6 +89,12 @@ def get_embeddings(learn_or_model, data, bs: int = 64, pool: str | Callable = 'm
             in a batch with longer ones.
 
     The model runs in eval mode without gradients, on its own device; its train/eval mode is restored.
+
+    Example:
+        ```python
+        emb = get_embeddings(learn, X)               # (N, nf) numpy array, rows in the order of X
+        emb2 = get_embeddings(learn, X, pool='meanmax')   # (N, 2 * nf)
+        ```
     """
     learn = learn_or_model if isinstance(learn_or_model, Learner) else None
     bb = backbone_of(learn_or_model)
@@ -139,7 +145,13 @@ def _probe_model(C: float, max_iter: int):
 
 def linear_probe(train_emb, y_train, test_emb, y_test, C: float = 1.0, max_iter: int = 1000) -> float:
     """Accuracy on ``(test_emb, y_test)`` of a logistic regression fitted on standardized ``train_emb`` (frozen
-    features: the standard measure of representation quality)."""
+    features: the standard measure of representation quality).
+
+    Example:
+        ```python
+        acc = linear_probe(get_embeddings(learn, X_tr), y_tr, get_embeddings(learn, X_te), y_te)
+        ```
+    """
     clf = _probe_model(C, max_iter).fit(np.asarray(train_emb), np.asarray(y_train))
     return float((clf.predict(np.asarray(test_emb)) == np.asarray(y_test)).mean())
 
@@ -173,12 +185,24 @@ class LinearProbe(Callback):
     backbone) and with ordinary training.
 
     Args:
-        X_labeled, y_labeled: series (any form `get_embeddings` takes) and labels.
-        X_eval, y_eval: optional held-out series and labels.
+        X_labeled: series, in any form `get_embeddings` takes.
+        y_labeled: their labels.
+        X_eval: optional held-out series (scored instead of the cross-validation).
+        y_eval: their labels.
         every: probe every this many epochs.
         cv: folds of the cross-validation (capped by the smallest class count).
-        bs, pool: see `get_embeddings`.
-        C, max_iter: of the logistic regression.
+        bs: batch size of the embedding pass (see `get_embeddings`).
+        pool: pooling over time (see `get_embeddings`).
+        C: inverse regularisation strength of the logistic regression.
+        max_iter: iterations of the logistic regression.
+
+    Example:
+        ```python
+        probe = LinearProbe(X_few, y_few)             # 5-fold CV accuracy of a logistic regression on embeddings
+        learn = ts_learner(dls_u, ResNetPlus, cbs=[MaskedValuePretrain(save_as='ssl'), probe])
+        learn.fit_one_cycle(10, 1e-3)                # a 'probe_acc' column in the training table
+        probe.history                                # [(0, 0.41), ..., (9, 0.63)]
+        ```
     """
     order = 47  # before_fit after a PretextTask's swap (45) and before the Recorder (50) reads the metric names
 

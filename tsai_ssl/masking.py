@@ -89,6 +89,12 @@ def span_mask(
 
     Returns:
         ``torch.BoolTensor`` of shape ``(bs, seq_len)``; ``True`` = masked.
+
+    Example:
+        ```python
+        m = span_mask(bs=8, seq_len=1024, ratio=0.15, mean_span=5, pad_mask=pad_mask)   # (8, 1024) bool
+        x_in = x.masked_fill(m[:, None], fill)       # what MaskedValuePretrain does with it
+        ```
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"ratio must satisfy 0 < ratio < 1, got {ratio}")

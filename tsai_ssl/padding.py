@@ -61,11 +61,7 @@ def installed(module: nn.Module) -> list['PaddingAware']:
 
 class PaddingAware:
     """Makes the time-mixing layers of `module` ignore padded steps while ``self.pad_mask`` is set (see the module
-    docstring). Use it as a context manager (`padding_aware`) and set the mask before each forward::
-
-        with padding_aware(backbone) as pa:
-            pa.pad_mask = pad_mask   # bool (bs, L), True at real steps
-            h = backbone(x)          # h at real steps == what each series gives alone (eval mode)
+    docstring). Use it as a context manager (`padding_aware`) and set the mask before each forward (example below).
 
     With ``pad_mask=None`` every layer behaves exactly as without the context. A mask is only applied to inputs
     shaped ``(bs, C, L)`` with the mask's ``bs`` and ``L``, so layers that see a longer, internally padded input
@@ -74,6 +70,13 @@ class PaddingAware:
     Args:
         module: the backbone (its parameters are untouched; layers are hooked/patched in place until exit).
         batchnorm: compute training-mode ``BatchNorm1d`` statistics over real steps only.
+
+    Example:
+        ```python
+        with padding_aware(backbone) as pa:
+            pa.pad_mask = pad_mask   # bool (bs, L), True at real steps
+            h = backbone(x)          # h at real steps == what each series gives alone (eval mode)
+        ```
     """
 
     def __init__(self, module: nn.Module, batchnorm: bool = True):
@@ -165,7 +168,15 @@ def warn_sync_batchnorm(module: nn.Module) -> bool:
 
 
 def padding_aware(module: nn.Module, batchnorm: bool = True) -> PaddingAware:
-    "A `PaddingAware` context for `module` (see there)."
+    """A `PaddingAware` context for `module` (see there).
+
+    Example:
+        ```python
+        with padding_aware(split_backbone(model)) as pa:
+            pa.pad_mask = pad_mask
+            h = pa.module(x)
+        ```
+    """
     return PaddingAware(module, batchnorm)
 
 
@@ -277,7 +288,11 @@ class IgnorePadding(Callback):
     During pretraining the pretext model is covered too: a task made with ``pad_aware=False`` gets a padding-aware
     backbone while this callback is attached (its views' masks reach it through the pretext model's forward).
 
+    Example:
+        ```python
         clf = ts_learner(dls, ResNetPlus, metrics=accuracy, cbs=IgnorePadding())
+        preds, _ = clf.get_preds(dl=dls.test_dl(X_new, exact=False))   # padded batches, same predictions as alone
+        ```
     """
     order = -4  # after a pretext task's swap (-5)
 

@@ -81,6 +81,15 @@ class SemiSupervised(Callback):
         pseudo_weight: weight of the pseudo-label term.
         strong_aug: the strong view, an augmentation ``(x, pad_mask, generator) -> (x, pad_mask)`` that keeps the
             layout; None: `default_strong_aug`.
+
+    Example:
+        ```python
+        dls_u = get_ssl_dls(X_unlabeled, bs=32, max_len=1024, batch_tfms=[TSStandardize()])
+        semi = SemiSupervised(MaskedValuePretrain(n_values=41), dls_u.train, weight=1., pseudo_threshold=0.95)
+        clf = ts_learner(dls, ResNetPlus, metrics=accuracy, cbs=semi)
+        clf.load('ssl', strict=False, with_opt=False)
+        clf.fit_one_cycle(20, 1e-3)
+        ```
     """
     order = 5  # after_loss inside MixedPrecision's autocast (10), before its loss scaling in before_backward
 

@@ -28,7 +28,15 @@ def backbone_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     tsai's `ts_splitter` does the same for models with ``backbone`` and ``head`` attributes (ResNetPlus,
     InceptionTimePlus, ...); the others (ResNet, InceptionTime, FCN, TCN, ...) get one group from tsai, so
     ``learn.freeze()`` froze nothing and ``lr=slice(lo, hi)`` had one rate. `load_pretrained` installs this
-    splitter on such Learners; ``ts_learner(..., splitter=backbone_splitter)`` does it by hand."""
+    splitter on such Learners; ``ts_learner(..., splitter=backbone_splitter)`` does it by hand.
+
+    Example:
+        ```python
+        clf = ts_learner(dls, ResNet, metrics=accuracy, splitter=backbone_splitter)
+        clf.freeze()                                   # the head alone trains
+        clf.fit_one_cycle(5, slice(1e-5, 1e-3))        # or the backbone at a lower rate
+        ```
+    """
     body = list(split_backbone(model).parameters())
     ids = {id(p) for p in body}
     return [body, [p for p in model.parameters() if id(p) not in ids]]
@@ -70,7 +78,13 @@ def _umask() -> int:
 
 
 def save_backbone(model: nn.Module, path: str | os.PathLike, meta: dict | None = None) -> Path:
-    "Write the backbone of `model` (classifier parameter names, CPU tensors) atomically, plus ``<path>.json`` metadata."
+    """Write the backbone of `model` (classifier parameter names, CPU tensors) atomically, plus ``<path>.json`` metadata.
+
+    Example:
+        ```python
+        save_backbone(clf.model, 'models/my_backbone.pth', meta={'arch': 'ResNetPlus'})
+        ```
+    """
     bb = split_backbone(model)
     state = {k: v.detach().cpu().clone() for k, v in bb.state_dict().items()}
     path = atomic_save(state, path)
@@ -83,7 +97,14 @@ def save_backbone(model: nn.Module, path: str | os.PathLike, meta: dict | None =
 
 @dataclass
 class TransferReport:
-    "What `load_pretrained` did: tensors copied into the model, and tensors of the file it did not use."
+    """What `load_pretrained` did: tensors copied into the model, and tensors of the file it did not use.
+
+    Example:
+        ```python
+        report = load_pretrained(clf, 'ssl')
+        report.transferred[:2], report.skipped        # tensor names copied, and file tensors not used
+        ```
+    """
     path: Path
     transferred: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
@@ -116,6 +137,13 @@ def load_pretrained(learn_or_model, name_or_path: str | os.PathLike, device=None
     whose splitter gives a single parameter group gets `backbone_splitter` (backbone, head), so ``learn.freeze()``,
     ``learn.fine_tune()`` and ``lr=slice(lo, hi)`` treat the pretrained backbone and the new head apart (its optimizer
     is then rebuilt at the next fit).
+
+    Example:
+        ```python
+        clf = ts_learner(dls, ResNetPlus, metrics=accuracy)
+        load_pretrained(clf, 'ssl')                   # raises naming any missing or mismatched tensor
+        clf.fine_tune(10, 1e-3, lr_mult=1)            # or clf.fit_one_cycle(10, slice(1e-4, 1e-3))
+        ```
     """
     model = getattr(learn_or_model, 'model', learn_or_model)
     path = weights_path(learn_or_model if hasattr(learn_or_model, 'model_dir') else None, name_or_path)

@@ -90,6 +90,15 @@ class PretextTask(Callback):
             features in a padded batch as alone; False runs the plain layers (padded steps then leak into real
             steps' features near the end of short series and into BatchNorm statistics), unless `IgnorePadding`
             is attached too, which then makes the backbone padding-aware.
+
+    Example:
+        ```python
+        class MyTask(PretextTask):
+            task_name, aliases, label = 'mine', (), 'my task'
+            def make_head(self, nf, c_in): return nn.Conv1d(nf, c_in, 1)
+            def make_batch(self, x, pad_mask, raw, generator): return (x, pad_mask), (x, pad_mask)
+            def loss(self, pred, x, pad_mask): return ((pred - x) ** 2).mean()   # a (trivial) reconstruction
+        ```
     """
     order = -5  # before_fit: after TrainEvalCallback (-10), before DistributedTrainer (11), Recorder (50), LRFinder (60)
     _late_order = 70

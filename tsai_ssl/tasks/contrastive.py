@@ -57,9 +57,19 @@ class ContrastivePretrain(TwoViewTask):
     Args:
         augs: augmentations applied independently to each view (see `TwoViewTask`); None = `default_augs`.
         temperature: NT-Xent temperature.
-        proj_dim, hidden: projection head output and hidden sizes (hidden defaults to the backbone's nf).
+        proj_dim: output size of the projection head.
+        hidden: hidden size of the projection head (None: the backbone's nf).
         window: first cut every series longer than this to a random window (None: no cut).
-        save_as, save, seed, pad_aware: see `PretextTask`.
+        save_as: see `PretextTask`.
+        save: see `PretextTask`.
+        seed: see `PretextTask`.
+        pad_aware: see `PretextTask`.
+
+    Example:
+        ```python
+        learn = ts_learner(dls_u, ResNetPlus, cbs=ContrastivePretrain(temperature=0.1, save_as='ssl_simclr'))
+        learn.fit_one_cycle(10, 1e-3)
+        ```
     """
     task_name, aliases, label = 'contrastive', ('contrast', 'simclr', 'ntxent', 'nt-xent'), 'contrastive'
 

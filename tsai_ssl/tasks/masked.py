@@ -62,7 +62,18 @@ class MaskedValuePretrain(PretextTask):
         fill: value masked steps get in the model-input scale; 'auto' = per channel, from the first batch: raw -1
             mapped like the data (categorical), or 0.1 x the data range below the minimum (continuous). The value
             found is part of the task's `state_dict`, so a resumed `Checkpoint` run uses the same one.
-        save_as, save, seed, pad_aware: see `PretextTask`.
+        save_as: see `PretextTask`.
+        save: see `PretextTask`.
+        seed: see `PretextTask`.
+        pad_aware: see `PretextTask`.
+
+    Example:
+        ```python
+        learn = ts_learner(dls_u, ResNetPlus, cbs=MaskedValuePretrain(n_values=41, ratio=0.15, save_as='ssl'))
+        learn.fit_one_cycle(10, 1e-3)                # writes models/ssl.pth: the backbone, classifier names
+        clf = ts_learner(dls, ResNetPlus, metrics=accuracy)
+        clf.load('ssl', strict=False, with_opt=False)
+        ```
     """
     task_name, aliases, label = 'masked', ('mask', 'masked-value'), 'masked-value'
 

@@ -87,7 +87,18 @@ class NextStepPretrain(PretextTask):
         loss: continuous only: 'mse' or 'huber'.
         check: ``causal='pad'``: verify causality (a perturbation test on a short random input) at the start of each
             fit (with 'shift' the measurement of ``R`` is the check).
-        save_as, save, seed, pad_aware: see `PretextTask`.
+        save_as: see `PretextTask`.
+        save: see `PretextTask`.
+        seed: see `PretextTask`.
+        pad_aware: see `PretextTask`.
+
+    Example:
+        ```python
+        task = NextStepPretrain(n_values=41, save_as='ssl_next')   # next value as a 41-way classification
+        learn = ts_learner(dls_u, ResNetPlus, cbs=task)
+        learn.fit_one_cycle(10, 1e-3)
+        task.plot_next(item=0)                       # predicted distribution vs the real next values
+        ```
     """
     task_name, aliases, label = 'next', ('next-step', 'nextstep'), 'next-step'
 

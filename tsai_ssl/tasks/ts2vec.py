@@ -44,12 +44,22 @@ class TS2VecPretrain(TwoViewTask):
     Args:
         augs: value augmentations applied to each crop (must keep the layout: no RandomCrop/Resize); None =
             ``[Scaling(0.1), Jitter(0.03)]``.
-        proj_dim, hidden: projection output and hidden sizes (hidden defaults to the backbone's nf).
+        proj_dim: output size of the projection.
+        hidden: hidden size of the projection (None: the backbone's nf).
         alpha: weight of the instance-wise term (1 - alpha: temporal).
         temporal_unit: first hierarchy level with a temporal term.
         min_overlap: minimum overlap of the two crops as a fraction of each series.
         window: first cut every series longer than this to a random window (None: no cut).
-        save_as, save, seed, pad_aware: see `PretextTask`.
+        save_as: see `PretextTask`.
+        save: see `PretextTask`.
+        seed: see `PretextTask`.
+        pad_aware: see `PretextTask`.
+
+    Example:
+        ```python
+        learn = ts_learner(dls_u, ResNetPlus, cbs=TS2VecPretrain(window=3000, save_as='ssl_ts2vec'))
+        learn.fit_one_cycle(10, 1e-3)
+        ```
     """
     task_name, aliases, label = 'ts2vec', ('ts-2-vec',), 'TS2Vec'
     epoch_cost = 2.  # two overlapping crops padded to the longest of the batch: about two series per series

@@ -100,11 +100,12 @@ def test_exported_learner_keeps_vocab_and_channels(tmp_path):
 
 
 def _documented_load_calls() -> list[str]:
-    "Every `.load(..., strict=False...)` call shown to users: README, notebooks, docstrings and CLI hints."
+    "Every `.load(..., strict=False...)` call shown to users: README, docs, notebooks, docstrings and CLI hints."
     import re
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
-    files = [root / 'README.md', *sorted((root / 'nbs').glob('*.ipynb')), *sorted((root / 'tsai_ssl').rglob('*.py'))]
+    files = [root / 'README.md', *sorted((root / 'docs').rglob('*.md')), *sorted((root / 'nbs').glob('*.ipynb')),
+             *sorted((root / 'tsai_ssl').rglob('*.py'))]
     calls = []
     for f in files:
         calls += [f'{f.name}: {m}' for m in re.findall(r"\.load\([^()]*strict=False[^()]*\)", f.read_text())]

@@ -335,7 +335,7 @@ class SSLDataLoaders(DataLoaders):
 
         ``exact=True`` (default): a batch holds series of one length only, so no series is padded and its
         prediction never depends on what it is batched with, whatever the model. Series whose length occurs once
-        are a batch of one, which costs time when every length differs (the README has the measured cost);
+        are a batch of one, which costs time when every length differs (docs/results.md has the measured cost);
         ``exact=False`` pads length-sorted batches (faster; add `tsai_ssl.IgnorePadding` to the Learner to keep
         predictions independent of batching)."""
         series = to_series_list(test_items)

@@ -5,7 +5,7 @@ ResNetPlus at batch 8 that is dozens of ``(8, 128, 30720)`` float tensors (125 M
 `checkpoint_blocks` each block (a ResNetPlus residual block, an InceptionTimePlus inception module, ...) keeps
 only its input; its inside is recomputed during the backward pass, one block at a time
 (`torch.utils.checkpoint`, non-reentrant). This trades compute for memory: one extra forward pass of the blocks,
-two for the sub-blocks with ``nested=True`` (the default; measured costs and savings are in the README).
+two for the sub-blocks with ``nested=True`` (the default; measured costs and savings are in docs/results.md).
 
 Results are unchanged, not approximately but exactly (tested): the recomputation replays the forward's random
 state (dropout), training-mode BatchNorm does not update its running statistics a second time, and the padding
@@ -118,7 +118,7 @@ def checkpoint_blocks(module: nn.Module, blocks: list[str] | None = None, min_bl
         blocks: names of modules of `module` to checkpoint (default `find_blocks`).
         nested: also checkpoint each default block's `sub_blocks` inside its recomputation (ResNetPlus: the
             conv-BN-ReLU blocks of each residual block), so that recomputing one block never holds all of its
-            activations at once: less memory (ResNetPlus at 30720 steps: see the README) for a second
+            activations at once: less memory (ResNetPlus at 30720 steps: see docs/results.md) for a second
             recomputation of the sub-blocks.
     Eval mode and ``torch.no_grad()`` run exactly as without it. Restored on exit.
 
@@ -153,7 +153,7 @@ class MemorySaver(Callback):
 
     Works with the pretext tasks (it runs after their model swap) and with ordinary fine-tuning. Peak training
     memory at long lengths drops 2.3-2.6x for ResNetPlus/InceptionTimePlus (``nested=False``: less saving, less
-    recomputation; the README has the measured times).
+    recomputation; docs/results.md has the measured times).
 
     Args:
         blocks: names of modules of the classifier (``learn.model`` outside pretraining) to checkpoint

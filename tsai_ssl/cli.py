@@ -154,6 +154,10 @@ def _add_train_args(p, d: dict, epochs_help: str, arch_help: str = 'classifier',
                    help='training crop: longer series are cut to a random window of this length (test: full length)')
     if n_values:
         g.add_argument('--n-values', default='auto', metavar='N', help=N_VALUES_HELP)
+    g.add_argument('--standardize', choices=E.STANDARDIZE, default=None,
+                   help="input scaling of every fit: 'dataset' (tsai's TSStandardize: one mean and std, keeps each "
+                        "series' scale; the default) or 'series' (each series over its own steps: for series whose "
+                        "scales differ by orders of magnitude); finetune --weights uses the recorded one")
     g.add_argument('--device', default='auto', help='cpu, cuda or auto (cuda runs in mixed precision)')
     g.add_argument('--threads', type=int, default=0,
                    help='CPU threads for torch; 0: one per core, fewer when other jobs keep cores busy')
@@ -381,7 +385,8 @@ def _epochs(args, which: str, default: int) -> int:
 
 def _run_config(args, n_values, **kw) -> E.RunConfig:
     return E.RunConfig(arch=args.arch or 'ResNetPlus', arch_config=args.arch_config, lr=args.lr, bs=args.bs,
-                       max_len=args.max_len, device=args.device, n_values=n_values, verbose=not args.quiet, **kw)
+                       max_len=args.max_len, device=args.device, n_values=n_values, verbose=not args.quiet,
+                       standardize=args.standardize or 'dataset', **kw)
 
 
 def _arch_text(cfg: E.RunConfig) -> str:
@@ -574,6 +579,7 @@ def _arch_from_weights(args) -> None:
         raise UsageError(f"{' and '.join(given)} conflict with {args.weights}, pretrained with {rec_arch} "
                          f"{json.dumps(rec_cfg)}: leave them out to use the recorded architecture and config")
     args.arch, args.arch_config = rec_arch, rec_cfg or None
+    args.standardize = args.standardize or E.recorded_standardize(args.weights)
 
 
 def cmd_finetune(args) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from .errors import InputError
 from .series import check_n_values
 
-__all__ = ['RunConfig', 'ARCHS', 'RECIPES', 'normalize_arch', 'get_arch', 'resolve_device']
+__all__ = ['RunConfig', 'ARCHS', 'RECIPES', 'STANDARDIZE', 'normalize_arch', 'get_arch', 'resolve_device']
 
 # tsai classifiers `split_backbone` supports (their time axis is kept until global pooling)
 ARCHS = ('ResNet', 'ResNetPlus', 'InceptionTime', 'InceptionTimePlus', 'XceptionTime', 'XceptionTimePlus',
@@ -22,6 +22,7 @@ ARCHS = ('ResNet', 'ResNetPlus', 'InceptionTime', 'InceptionTimePlus', 'Xception
 
 
 RECIPES = ('full', 'lp-ft', 'frozen')  # fine-tuning from pretrained weights, see RunConfig
+STANDARDIZE = ('dataset', 'series')  # the batch transform of every fit, see RunConfig
 
 
 def normalize_arch(name) -> str:
@@ -91,6 +92,9 @@ class RunConfig:
             weight (`tsai_ssl.semi.SemiSupervised`); `compare` then adds a ``<task>+semi`` method per task.
         pseudo_threshold: with ``semi_weight > 0``, also FixMatch's pseudo-label term in those fits (confidence
             threshold, e.g. 0.95; None: off).
+        standardize: the batch transform of every fit: 'dataset' (tsai's ``TSStandardize()``, one mean and std for
+            all series: keeps each series' scale) or 'series' (`tsai_ssl.standardize.SeriesStandardize`: each series
+            over its own real steps; for sets whose series differ in scale by orders of magnitude, e.g. PLAID).
         verbose: one line per epoch on stderr.
 
     Example:
@@ -117,6 +121,7 @@ class RunConfig:
     recipe: str = 'full'
     semi_weight: float = 0.
     pseudo_threshold: float | None = None
+    standardize: str = 'dataset'
     verbose: bool = False
 
     def __post_init__(self):
@@ -138,6 +143,8 @@ class RunConfig:
         if self.max_len is not None and (not isinstance(self.max_len, int) or self.max_len < 8):
             raise InputError(f'max_len must be None or an integer >= 8, got {self.max_len!r}')
         if not 0 <= self.valid_pct < 1: raise InputError(f'valid_pct must be in [0, 1), got {self.valid_pct!r}')
+        if self.standardize not in STANDARDIZE:
+            raise InputError(f"standardize must be one of {', '.join(STANDARDIZE)}, got {self.standardize!r}")
         if self.recipe not in RECIPES: raise InputError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if not (isinstance(self.semi_weight, (int, float)) and self.semi_weight >= 0):
             raise InputError(f'semi_weight must be a number >= 0, got {self.semi_weight!r}')
@@ -174,6 +181,16 @@ class RunConfig:
         d = dataclasses.asdict(self)
         d['arch'], d['device'], d['arch_config'] = self.arch_name, str(self.device), self.arch_config or {}
         return d
+
+
+def recorded_standardize(weights) -> str | None:
+    "The ``standardize`` recorded with pretrained weights (`RunConfig.standardize`), or None. Reads JSON only."
+    import json
+    from pathlib import Path
+    side = Path(weights).with_name(Path(weights).name + '.json')
+    try: meta = json.loads(side.read_text()) if side.exists() else {}
+    except (OSError, ValueError): return None
+    return meta.get('standardize') if isinstance(meta, dict) else None
 
 
 def recorded_arch(weights) -> tuple[str | None, dict | None]:

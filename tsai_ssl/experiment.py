@@ -22,7 +22,7 @@ Pretrained weights load with ``learn.load(name, strict=False, with_opt=False)`` 
 """
 from __future__ import annotations
 
-from .config import ARCHS, RECIPES, RunConfig, get_arch, normalize_arch, recorded_arch, resolve_device
+from .config import ARCHS, RECIPES, STANDARDIZE, RunConfig, get_arch, normalize_arch, recorded_arch, recorded_standardize, resolve_device
 from .errors import InputError
 from .inputs import SplitData, demo_data, describe_data, load_npz, split_data, synthetic_data, ucr_data, ucr_names
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset, min_fraction, n_labels
@@ -34,7 +34,8 @@ from .series import as_series, check_series, infer_n_values
 ExperimentError = InputError  # the old name: `except ExperimentError` still catches every input error
 
 __all__ = ['ExperimentError', 'RECIPES', 'InputError', 'RunConfig', 'ARCHS', 'DEFAULT_FRACTIONS', 'SCRATCH', 'SplitData',
-           'normalize_task', 'normalize_arch', 'get_arch', 'resolve_device', 'recorded_arch', 'infer_n_values',
+           'normalize_task', 'normalize_arch', 'get_arch', 'resolve_device', 'recorded_arch', 'recorded_standardize',
+           'STANDARDIZE', 'infer_n_values',
            'as_series', 'check_series', 'check_fractions', 'label_subset', 'min_fraction', 'n_labels', 'fmt_frac',
            'evaluate', 'load_npz', 'synthetic_data', 'demo_data', 'ucr_data', 'ucr_names', 'split_data', 'describe_data',
            'pretrain', 'pretrain_mvp', 'MVP', 'finetune', 'epochs_for_steps', 'seconds_per_unit', 'compare', 'aggregate',

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import RunConfig, get_arch, recorded_arch, resolve_device
+from .config import RunConfig, get_arch, recorded_arch, recorded_standardize, resolve_device
 from .errors import InputError
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset
 from .progress import Progress, hms, tick_callback
@@ -104,7 +104,11 @@ def _make_learner(dls, cfg: RunConfig, device, metrics=None, cbs=None):
     return learn
 
 
-def _standardize():
+def _standardize(cfg: RunConfig):
+    "The batch transform of every fit of a run (``cfg.standardize``)."
+    if cfg.standardize == 'series':
+        from .standardize import SeriesStandardize
+        return SeriesStandardize()
     from tsai.data.preprocessing import TSStandardize
     return TSStandardize()
 
@@ -154,7 +158,7 @@ def _record_arch(paths, cfg: RunConfig) -> None:
         side = Path(p).with_name(Path(p).name + '.json')
         try: meta = json.loads(side.read_text()) if side.exists() else {}
         except ValueError: meta = {}
-        meta.update(arch=cfg.arch_name, arch_config=cfg.arch_config or {})
+        meta.update(arch=cfg.arch_name, arch_config=cfg.arch_config or {}, standardize=cfg.standardize)
         tmp = side.with_name(side.name + '.tmp')
         tmp.write_text(json.dumps(meta, indent=1, default=str))
         os.replace(tmp, side)
@@ -203,7 +207,7 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     splits = (np.sort(perm[n_val:]), np.sort(perm[:n_val]))
     n_tr = n - n_val
     dls = get_ssl_dls(series, splits=splits, bs=cfg.bs, val_bs=_eval_bs([series[i] for i in splits[1]] or series, cfg.bs),
-                      batch_tfms=_standardize(), max_len=cfg.max_len, n_values=n_values, seed=cfg.seed, device=dev,
+                      batch_tfms=_standardize(cfg), max_len=cfg.max_len, n_values=n_values, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n_tr, min(cfg.bs, n_tr)))
     units = _units([series[i] for i in splits[0]], cfg.max_len) * float(getattr(Task, 'epoch_cost', 1.))
     epochs = cfg.epochs('pretrain', n_tr)
@@ -264,7 +268,7 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     n_val = max(1, int(round(max(cfg.valid_pct, 0.1) * len(series))))
     n_tr = len(series) - n_val
     bs = min(cfg.bs, n_tr)  # fastai drops the last partial training batch by default: drop it only when it is one
-    dls = get_ts_dls(arr, splits=(list(perm[n_val:]), list(perm[:n_val])), batch_tfms=[_standardize()], bs=bs,
+    dls = get_ts_dls(arr, splits=(list(perm[n_val:]), list(perm[:n_val])), batch_tfms=[_standardize(cfg)], bs=bs,
                      drop_last=(_drop_last(n_tr, bs), False), device=dev)
     window = cfg.max_len if cfg.max_len and cfg.max_len < L else None
     cb = TsaiMVP(target_dir=str(path.parent), fname=path.stem, window_size=window, verbose=False)
@@ -288,7 +292,12 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
 
 
 def _check_weights_arch(weights, cfg: RunConfig) -> None:
-    "`InputError` before any training when the weights were pretrained with another architecture or config."
+    """`InputError` before any training when the weights were pretrained with another architecture, config or input
+    standardization (features learnt on inputs scaled one way say little about inputs scaled another)."""
+    std = recorded_standardize(weights)
+    if std is not None and std != cfg.standardize:
+        raise InputError(f'{weights} was pretrained with standardize={std!r}, but this fine-tuning uses '
+                         f'standardize={cfg.standardize!r}: use standardize={std!r} (--standardize {std})')
     arch, arch_config = recorded_arch(weights)
     if arch_config is None: return  # nothing recorded: `load_pretrained` still verifies every tensor's shape
     if arch != cfg.arch_name or arch_config != (cfg.arch_config or {}):
@@ -330,7 +339,7 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     from .transfer import load_pretrained
     dev = resolve_device(cfg.device)
     n = len(X_tr)
-    dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len, seed=cfg.seed, device=dev,
+    dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(cfg), max_len=cfg.max_len, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n, min(cfg.bs, n)))
     epochs = cfg.epochs('finetune', n)
     semi = semi_task is not None and cfg.semi_weight > 0
@@ -370,7 +379,7 @@ def _semi_callback(task: str, X_u: list, cfg: RunConfig, dev):
     n_values = infer_n_values(X_u) if cfg.n_values == 'auto' else cfg.n_values
     kw = dict(n_values=n_values) if 'n_values' in reg.task_options(Task) else {}
     cb = reg.make_task(Task, seed=cfg.seed, **kw)
-    dls = get_ssl_dls(X_u, splits=(range(len(X_u)), []), bs=cfg.bs, batch_tfms=_standardize(), max_len=cfg.max_len,
+    dls = get_ssl_dls(X_u, splits=(range(len(X_u)), []), bs=cfg.bs, batch_tfms=_standardize(cfg), max_len=cfg.max_len,
                       n_values=n_values, seed=cfg.seed, device=dev, drop_last=_drop_last(len(X_u), min(cfg.bs, len(X_u))))
     return SemiSupervised(cb, dls.train, weight=cfg.semi_weight, pseudo_threshold=cfg.pseudo_threshold)
 

@@ -49,7 +49,7 @@ def load_set(name: str, seed: int = 0):
 def budget_key(a) -> str:
     "What the cached cells depend on besides set, method, fraction and seed."
     return (f"{a.arch}-nf{a.nf}-ft{a.steps}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}-len{a.max_len or 0}"
-            f"-semi{a.semi_weight:g}")
+            f"-semi{a.semi_weight:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else ''))
 
 
 def read_cache() -> list[dict]:
@@ -66,7 +66,7 @@ def run(a) -> None:
     done = {(r['set'], r['method'], r['fraction'], r['seed']) for r in read_cache() if r['budget'] == key}
     cfg = RunConfig(arch=a.arch, arch_config={'nf': a.nf} if a.nf else None, pretrain_steps=a.pretrain_steps,
                     finetune_steps=a.steps, lr=a.lr, bs=a.bs, max_len=a.max_len or None, device=a.device,
-                    semi_weight=a.semi_weight)
+                    semi_weight=a.semi_weight, standardize=a.standardize)
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     for name in a.sets:
         X_tr, y_tr, X_te, y_te, X_unl, _ = load_set(name)
@@ -78,7 +78,7 @@ def run(a) -> None:
             def weights_for(task: str) -> Path:  # pretrain once per set, task, seed and pretraining budget
                 if task not in weights:
                     w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}-nf{a.nf}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}" \
-                                         f"-len{a.max_len or 0}.pth"
+                                         f"-len{a.max_len or 0}{'-stdseries' if a.standardize == 'series' else ''}.pth"
                     if not w.exists():  # written under another name first: an interrupted run leaves no weights
                         t0, tmp = time.time(), w.with_name('partial_' + w.name)
                         if task == MVP: pretrain_mvp(X_pre, cs, path=tmp)
@@ -155,6 +155,8 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--max-len', type=int, default=0, help='training crop (0: full length)')
     p.add_argument('--semi-weight', type=float, default=1.0)
+    p.add_argument('--standardize', default='dataset', choices=['dataset', 'series'],
+                   help="input scaling (RunConfig.standardize); 'series' for PLAID, whose series' scales differ by 1e5")
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--report', action='store_true', help='only print the tables from the cache')

@@ -105,3 +105,14 @@ def test_cli_standardize_option_and_the_recorded_one(tmp_path):
     args = cli.build_parser().parse_args(['finetune', '--synthetic', '--weights', str(w)])
     cli._arch_from_weights(args)  # finetune --weights uses what pretrain recorded
     assert cli._run_config(args, None).standardize == 'series'
+
+
+def test_describe_data_points_at_series_standardization_when_scales_differ():
+    from tsai_ssl.inputs import describe_data, scale_spread, split_data
+    rng = np.random.default_rng(0)
+    same = [rng.normal(0, 1, (1, 50)) for _ in range(20)]
+    wide = [rng.normal(0, 10. ** (i % 5 - 2), (1, 50)) for i in range(20)]  # std 0.01 .. 100
+    assert scale_spread(same) < 2 and scale_spread(wide) > 1e3
+    y = np.arange(20) % 2
+    assert '--standardize series' not in describe_data(split_data(same, y))
+    assert '--standardize series' in describe_data(split_data(wide, y))

@@ -21,7 +21,7 @@ from .errors import InputError
 from .labels import fmt_frac
 from .series import Namer, as_series, check_series
 
-__all__ = ['SplitData', 'split_data', 'load_npz', 'synthetic_data', 'demo_data', 'ucr_names', 'ucr_data', 'describe_data']
+__all__ = ['SplitData', 'split_data', 'load_npz', 'synthetic_data', 'demo_data', 'ucr_names', 'ucr_data', 'describe_data', 'scale_spread']
 
 
 @dataclass
@@ -243,6 +243,19 @@ def _all_integers(series) -> bool:
     return all(np.issubdtype(x.dtype, np.integer) or np.array_equal(x, np.round(x)) for x in series)
 
 
+def scale_spread(series) -> float:
+    """How much the series' scales differ: the 90th over the 10th percentile of the per-series standard deviation
+    (1 for z-normalized sets such as most of UCR; 1.3e5 for PLAID). Above `SCALE_SPREAD_HINT`, one mean and std for
+    the whole set (``standardize='dataset'``) leaves the small series near-constant."""
+    s = np.array([float(np.nanstd(x)) for x in series if x.size])
+    if len(s) == 0: return 1.
+    lo, hi = np.percentile(s, [10, 90])
+    return float(hi / lo) if lo > 0 else (1. if hi == 0 else float('inf'))
+
+
+SCALE_SPREAD_HINT = 100.
+
+
 def describe_data(data: SplitData) -> str:
     "A few lines: counts, channels, lengths, values, classes."
     allx = data.X_train + data.X_test + list(data.X_unlabeled)
@@ -256,4 +269,8 @@ def describe_data(data: SplitData) -> str:
              f'{allx[0].shape[0]} channel(s)',
              f'  lengths {lens.min()}..{lens.max()} steps (median {int(np.median(lens))}); {vals}',
              f'  {len(classes)} classes (training counts {cls})']
+    spread = scale_spread(allx)
+    if spread > SCALE_SPREAD_HINT:
+        lines.append(f'  series scales differ by a factor of {spread:.3g} (std, 10th to 90th percentile): '
+                     f'--standardize series (standardize=\'series\') standardizes each series on its own')
     return '\n'.join(lines)

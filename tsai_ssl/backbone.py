@@ -271,7 +271,7 @@ def causal(backbone: nn.Module) -> Iterator[nn.Module]:
         bb = split_backbone(ResNetPlus(1, 5))
         with causal(bb):
             h = bb(x)                                # h[..., t] depends on x[..., :t+1] only (eval mode)
-        check_causal(bb, c_in=1)                     # outside the context: raises, tsai's convolutions look ahead
+            check_causal(bb, c_in=1)                 # passes here; outside the context it raises (18 steps ahead)
         ```
     """
     patched, pads = [], []

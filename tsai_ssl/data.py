@@ -116,8 +116,10 @@ def validate_series(series: Sequence[np.ndarray], y=None, min_len: int = 1, n_va
 
     Example:
         ```python
-        validate_series([np.array([[1., 2., np.nan, 4.]])])
-        # InputError: X[0] has NaN at step 2, inside the series: NaN is allowed only as trailing padding.
+        try:
+            validate_series([np.array([[1., 2., np.nan, 4.]])])
+        except InputError as e:
+            print(e)   # X[0] has NaN at step 2, inside the series: NaN is allowed only as trailing padding.
         ```
     """
     check_series(series, y, min_len=min_len, n_values=n_values)

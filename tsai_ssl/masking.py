@@ -92,7 +92,7 @@ def span_mask(
 
     Example:
         ```python
-        m = span_mask(bs=8, seq_len=1024, ratio=0.15, mean_span=5, pad_mask=pad_mask)   # (8, 1024) bool
+        m = span_mask(bs=x.shape[0], seq_len=x.shape[-1], ratio=0.15, mean_span=5, pad_mask=pad_mask)   # (bs, L) bool
         x_in = x.masked_fill(m[:, None], fill)       # what MaskedValuePretrain does with it
         ```
     """

@@ -125,7 +125,7 @@ def checkpoint_blocks(module: nn.Module, blocks: list[str] | None = None, min_bl
     Example:
         ```python
         with checkpoint_blocks(model) as names:     # ResNetPlus: ['backbone.0', ..., 'backbone.0.convblock1', ...]
-            loss = loss_func(model(x), y)
+            loss = loss_func(model(xb), yb)
             loss.backward()
         ```
     """

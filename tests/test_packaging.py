@@ -28,14 +28,14 @@ def test_version_lives_in_one_place():
 def test_archive_check_accepts_the_package_and_refuses_anything_else():
     cd = _check_dist()
     pkg = {'tsai_ssl/__init__.py', 'tsai_ssl/tasks/masked.py'}
-    wheel = [*pkg, 'tsai_ssl-0.1.0.dist-info/METADATA', 'tsai_ssl-0.1.0.dist-info/RECORD']
+    wheel = ['tsai_ssl/__init__.py', 'tsai_ssl/tasks/masked.py', 'tsai_ssl-0.1.0.dist-info/METADATA', 'tsai_ssl-0.1.0.dist-info/RECORD']
     sdist = [*pkg, 'PKG-INFO', 'pyproject.toml', 'README.md', 'LICENSE', 'tsai_ssl.egg-info/SOURCES.txt']
     assert cd.problems(wheel, sdist, pkg) == []
     assert cd.problems(wheel + ['tests/test_data.py'], sdist, pkg) == [
         'wheel holds tests/test_data.py, which is not part of the package']
     assert cd.problems(wheel, sdist + ['bench/panel.py'], pkg) == [
         'sdist holds bench/panel.py, which is not part of the package']
-    assert cd.problems(wheel[1:], sdist, pkg) == ['wheel lacks tsai_ssl/__init__.py']
+    assert cd.problems(wheel[1:], sdist, pkg) == ['wheel lacks tsai_ssl/__init__.py']  # wheel[0] is __init__.py
 
 
 def test_the_package_files_are_what_git_tracks():

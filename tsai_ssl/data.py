@@ -385,7 +385,7 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
         ```
     """
     series = X if _is_store(X) else to_series_list(X)
-    if len(series) == 0: raise ValueError('Empty data: no series given.')
+    if len(series) == 0: raise InputError('Empty data: no series given.')
     if y is not None: y = np.asarray(y)
     validate_series(series if not _is_store(series) else _StoreChecker(series), y, min_len=min_len, n_values=n_values)
     vocab = CategoryMap(y.tolist(), sort=True) if y is not None else None
@@ -395,10 +395,12 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
     else: train_idx, valid_idx = (np.asarray(s, dtype=np.int64) for s in splits[:2])
     train_ds, valid_ds = ds.subset(train_idx), ds.subset(valid_idx)
     train_ds.split_idx, valid_ds.split_idx = 0, 1
-    if len(train_ds) == 0: raise ValueError('The training split is empty.')
+    if len(train_ds) == 0: raise InputError('The training split is empty: give splits=(train_idxs, valid_idxs) with training series.')
     if yy is not None and len(valid_idx):
         unseen = sorted(set(yy[valid_idx].tolist()) - set(yy[train_idx].tolist()))
-        if unseen: raise ValueError(f'Classes {[vocab[i] for i in unseen]} appear in the validation split but not in training.')
+        if unseen:
+            raise InputError(f'Classes {[vocab[i] for i in unseen]} appear in the validation split but not in training: '
+                             'move a series of each into the training split.')
     if seed is not None: torch.manual_seed(seed)
     common = dict(max_len=max_len, pad_value=pad_value, bucket=bucket, num_workers=num_workers, device=device,
                   after_batch=batch_tfms)

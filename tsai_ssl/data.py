@@ -34,6 +34,7 @@ from fastai.torch_core import TensorCategory
 from fasttransform.transform import Pipeline
 from tsai.data.core import TSTensor
 
+from .errors import InputError
 from .series import as_series, check_series
 
 __all__ = ['RaggedStore', 'SeriesDataset', 'BucketedDL', 'SSLDataLoaders', 'get_ssl_dls', 'to_series_list',

@@ -183,23 +183,24 @@ class RunConfig:
         return d
 
 
-def recorded_standardize(weights) -> str | None:
-    "The ``standardize`` recorded with pretrained weights (`RunConfig.standardize`), or None. Reads JSON only."
+def _sidecar(weights) -> dict:
+    "The ``<weights>.json`` metadata `pretrain` writes next to the weights ({} when absent or unreadable)."
     import json
     from pathlib import Path
     side = Path(weights).with_name(Path(weights).name + '.json')
     try: meta = json.loads(side.read_text()) if side.exists() else {}
-    except (OSError, ValueError): return None
-    return meta.get('standardize') if isinstance(meta, dict) else None
+    except (OSError, ValueError): return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def recorded_standardize(weights) -> str | None:
+    "The ``standardize`` recorded with pretrained weights (`RunConfig.standardize`), or None. Reads JSON only."
+    return _sidecar(weights).get('standardize')
 
 
 def recorded_arch(weights) -> tuple[str | None, dict | None]:
     """The architecture and its config recorded with pretrained weights (the ``<weights>.json`` sidecar `pretrain`
     writes), or ``(None, None)`` when the file records no config (weights from elsewhere). Reads JSON only."""
-    import json
-    from pathlib import Path
-    side = Path(weights).with_name(Path(weights).name + '.json')
-    try: meta = json.loads(side.read_text()) if side.exists() else {}
-    except (OSError, ValueError): return None, None
-    if not isinstance(meta, dict) or 'arch_config' not in meta: return None, None
+    meta = _sidecar(weights)
+    if 'arch_config' not in meta: return None, None
     return meta.get('arch'), dict(meta.get('arch_config') or {})

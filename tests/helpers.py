@@ -4,6 +4,9 @@ from fastai.callback.core import Callback
 from tsai.data.preprocessing import TSStandardize
 
 from tsai_ssl import get_ssl_dls
+from tsai_ssl.tasks import get_task, task_names
+
+ALL_TASKS = [get_task(n) for n in task_names()]  # every registered task: a new task file is covered here too
 
 
 def unlabeled_dls(n=48, bs=16, tfms=True, **kw):

@@ -11,7 +11,16 @@ from helpers import RaiseAt, fit_quiet, unlabeled_dls
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from tsai_ssl import Checkpoint, ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, TS2VecPretrain, get_ssl_dls
+from tsai_ssl import (
+    BYOLPretrain,
+    Checkpoint,
+    ContrastivePretrain,
+    MaskedValuePretrain,
+    MoCoPretrain,
+    NextStepPretrain,
+    TS2VecPretrain,
+    get_ssl_dls,
+)
 
 
 class RaiseAtEpoch(RaiseAt):
@@ -31,6 +40,10 @@ def _learner(task, extra=(), labeled=False):
     return ts_learner(dls, ResNetPlus, cbs=([task(save_as='bb')] if task else []) + list(extra))
 
 
+def _task(learn):
+    return next((cb for cb in learn.cbs if hasattr(cb, 'task_name')), None)
+
+
 def _result(learn):
     return [float(v) for row in learn.recorder.values for v in row], {k: v.clone() for k, v in learn.model.state_dict().items()}
 
@@ -39,8 +52,8 @@ continuous_masked = functools.partial(MaskedValuePretrain, n_values=None)  # its
 
 
 @pytest.mark.parametrize('task', [MaskedValuePretrain, continuous_masked, NextStepPretrain, ContrastivePretrain,
-                                  TS2VecPretrain, None], ids=['masked', 'masked-continuous', 'next', 'contrastive',
-                                                              'ts2vec', 'none'])
+                                  TS2VecPretrain, MoCoPretrain, BYOLPretrain, None],
+                         ids=['masked', 'masked-continuous', 'next', 'contrastive', 'ts2vec', 'moco', 'byol', 'none'])
 def test_resume_equals_uninterrupted(task, monkeypatch):
     if task is continuous_masked:  # real values: each batch has its own range, so the first batch's fill differs
         def real_series(n, **kw):
@@ -64,6 +77,14 @@ def test_resume_equals_uninterrupted(task, monkeypatch):
     assert vals == pytest.approx(ref_vals, rel=1e-6, abs=1e-7)
     assert state.keys() == ref_state.keys()
     assert all(torch.allclose(state[k].float(), ref_state[k].float(), atol=1e-6) for k in state)
+    teacher_state = [getattr(_task(r), 'teacher', None) for r in (ref, resumed)]
+    if teacher_state[0] is not None:  # MoCo, BYOL: the EMA teacher (and MoCo's queue) resumed exactly too
+        a, b = (t.state_dict() for t in teacher_state)
+        assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+        if hasattr(_task(ref), 'queue'):
+            qa, qb = _task(ref).queue, _task(resumed).queue
+            assert qa.n == qb.n > 0 and torch.allclose(qa.keys(), qb.keys(), atol=1e-6)
+            assert torch.equal(qa.key_ids(), qb.key_ids())
     if task:  # the 'best' backbone file is the uninterrupted run's
         bb = torch.load('models/bb.pth')
         assert all(torch.allclose(bb[k], ref_bb[k], atol=1e-6) for k in bb)

@@ -1,14 +1,14 @@
 "Same seed and data give identical losses on CPU, for every task (fastai's set_seed + the loaders' own rng)."
 import pytest
 from fastai.torch_core import set_seed
-from helpers import fit_quiet, unlabeled_dls
+from helpers import ALL_TASKS, fit_quiet, unlabeled_dls
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
-from tsai_ssl import ContrastivePretrain, MaskedValuePretrain, NextStepPretrain, TS2VecPretrain
+from tsai_ssl.tasks import task_names
 
 
-@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, TS2VecPretrain])
+@pytest.mark.parametrize('task', ALL_TASKS, ids=task_names())
 def test_same_seed_same_losses(task):
     runs = []
     for _ in range(2):

@@ -4,22 +4,20 @@ import pytest
 import torch
 from conftest import ar_counts
 from fastai.metrics import accuracy
-from helpers import fit_quiet
+from helpers import ALL_TASKS, fit_quiet
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
 from tsai_ssl import (
     Checkpoint,
-    ContrastivePretrain,
     IgnorePadding,
     MaskedValuePretrain,
     MemorySaver,
-    NextStepPretrain,
-    TS2VecPretrain,
     get_embeddings,
     get_ssl_dls,
     load_pretrained,
 )
+from tsai_ssl.tasks import task_names
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 
@@ -30,7 +28,7 @@ def _dls(n=48, labels=False, **kw):
                        device=torch.device('cuda'), seed=0), X, y
 
 
-@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, TS2VecPretrain])
+@pytest.mark.parametrize('task', ALL_TASKS, ids=task_names())
 def test_tasks_on_cuda_fp16(task):
     dls, X, y = _dls()
     learn = ts_learner(dls, ResNetPlus, cbs=[task(save_as='gpu_bb'), MemorySaver()]).to_fp16()

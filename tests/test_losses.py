@@ -2,12 +2,14 @@
 
 The references below are written for readability, not speed: every anchor, positive
 and negative is enumerated explicitly, so that they can be checked against the
-definitions in the papers (SimCLR: Chen et al. 2020; TS2Vec: Yue et al. 2022).
+definitions in the papers (SimCLR: Chen et al. 2020; TS2Vec: Yue et al. 2022; MoCo: He et al.
+2020; BYOL: Grill et al. 2020).
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import socket
 import sys
@@ -22,8 +24,10 @@ from tsai_ssl import losses as L
 from tsai_ssl.losses import (
     HierarchicalContrastiveLoss,
     NTXentLoss,
+    byol_loss,
     gather_with_grad,
     hierarchical_contrastive_loss,
+    moco_info_nce,
     nt_xent,
 )
 
@@ -51,6 +55,27 @@ def _info_nce(anchor, positive, negatives):
     num = torch.exp(anchor @ positive)
     den = num + sum(torch.exp(anchor @ ng) for ng in negatives)
     return -torch.log(num / den)
+
+
+def ref_moco(q, k, queue, temperature, exclude=None):
+    """MoCo's InfoNCE, one query at a time: positive = its own key; negatives = the batch's other keys and the queue
+    entries not excluded for it."""
+    unit = lambda v: v / v.pow(2).sum().sqrt()
+    terms = []
+    for i in range(q.shape[0]):
+        qi = unit(q[i])
+        num = torch.exp(qi @ unit(k[i]) / temperature)
+        den = sum(torch.exp(qi @ unit(k[j]) / temperature) for j in range(k.shape[0]))
+        for m in range(0 if queue is None else queue.shape[0]):
+            if exclude is None or not exclude[i, m]: den = den + torch.exp(qi @ unit(queue[m]) / temperature)
+        terms.append(-torch.log(num / den))
+    return torch.stack(terms).mean()
+
+
+def ref_byol(p, z):
+    """BYOL: squared distance of the unit vectors, row by row."""
+    unit = lambda v: v / v.pow(2).sum().sqrt()
+    return torch.stack([(unit(p[i]) - unit(z[i])).pow(2).sum() for i in range(p.shape[0])]).mean()
 
 
 def ref_instance(z1, z2, m):
@@ -249,6 +274,77 @@ def test_hierarchical_validation():
         hierarchical_contrastive_loss(torch.randn(2, 3, 4), torch.randn(2, 4, 4))
     with pytest.raises(ValueError):
         hierarchical_contrastive_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), mask=torch.ones(2, 4, dtype=torch.bool))
+
+# ----------------------------------------------------------------------------- MoCo
+
+@pytest.mark.parametrize("bs", [1, 3, 8])
+@pytest.mark.parametrize("K", [0, 1, 16])
+@pytest.mark.parametrize("temperature", [0.07, 0.2, 1.0])
+def test_moco_matches_reference(bs, K, temperature):
+    g = torch.Generator().manual_seed(bs * 100 + K)
+    q, k = torch.randn(bs, 5, generator=g, dtype=DT), torch.randn(bs, 5, generator=g, dtype=DT)
+    queue = torch.randn(K, 5, generator=g, dtype=DT)
+    torch.testing.assert_close(moco_info_nce(q, k, queue, temperature).double(), ref_moco(q, k, queue, temperature))
+
+
+def test_moco_exclusion_and_gradients_match_reference():
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(4, 6, generator=g, dtype=DT, requires_grad=True)
+    k, queue = torch.randn(4, 6, generator=g, dtype=DT), torch.randn(10, 6, generator=g, dtype=DT)
+    exclude = torch.rand(4, 10, generator=g) < 0.4
+    loss = moco_info_nce(q, k, queue, 0.2, exclude)
+    (gq,) = torch.autograd.grad(loss, q)
+    q2 = q.detach().clone().requires_grad_(True)
+    ref = ref_moco(q2, k, queue, 0.2, exclude)
+    ref.backward()
+    torch.testing.assert_close(loss.double(), ref)
+    torch.testing.assert_close(gq, q2.grad)
+    assert not torch.allclose(loss.double(), ref_moco(q2.detach(), k, queue, 0.2))  # the exclusion mattered
+
+
+def test_moco_closed_forms_and_no_gradient_to_keys():
+    q = torch.randn(1, 4)
+    assert moco_info_nce(q, q.clone(), None).item() == pytest.approx(0., abs=1e-6)  # one key, the positive: log 1
+    # a queue of K copies of an orthogonal vector: loss = log(1 + K exp(-1/T)) for a query equal to its key
+    e0, e1 = torch.eye(2)[:1], torch.eye(2)[1:]
+    K, T = 5, 0.5
+    want = math.log(1 + K * math.exp(0.) / math.exp(1 / T))
+    assert moco_info_nce(e0, e0, e1.repeat(K, 1), T).item() == pytest.approx(want, rel=1e-5)
+    # excluding every queue entry gives the batch-only loss
+    assert moco_info_nce(e0, e0, e1.repeat(K, 1), T, torch.ones(1, K, dtype=torch.bool)).item() == pytest.approx(0., abs=1e-6)
+    k = torch.randn(3, 4, requires_grad=True)
+    moco_info_nce(torch.randn(3, 4, requires_grad=True), k, torch.randn(2, 4)).backward()
+    assert k.grad is None  # keys are the teacher's: detached
+
+
+def test_moco_validation():
+    with pytest.raises(ValueError, match=r"\(n, d\)"): moco_info_nce(torch.randn(3, 4), torch.randn(2, 4))
+    with pytest.raises(ValueError, match="temperature"): moco_info_nce(torch.randn(3, 4), torch.randn(3, 4), None, 0.)
+    with pytest.raises(ValueError, match="queue must be"): moco_info_nce(torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 5))
+    with pytest.raises(ValueError, match="exclude must be"):
+        moco_info_nce(torch.randn(3, 4), torch.randn(3, 4), torch.randn(2, 4), 0.2, torch.zeros(3, 3, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------- BYOL
+
+@pytest.mark.parametrize("bs, d", [(1, 2), (4, 8), (16, 128)])
+def test_byol_matches_reference_and_is_symmetric(bs, d):
+    g = torch.Generator().manual_seed(bs + d)
+    p, z = torch.randn(bs, d, generator=g, dtype=DT), torch.randn(bs, d, generator=g, dtype=DT)
+    torch.testing.assert_close(byol_loss(p, z).double(), ref_byol(p, z))
+    torch.testing.assert_close(byol_loss(p, z), byol_loss(z, p))  # the value is symmetric (the gradient is not)
+    torch.testing.assert_close(byol_loss(3 * p, 0.5 * z), byol_loss(p, z))  # scale-free
+
+
+def test_byol_closed_forms_and_stop_gradient():
+    e = torch.eye(3)
+    assert byol_loss(e, e).item() == pytest.approx(0., abs=1e-6)
+    assert byol_loss(e, -e).item() == pytest.approx(4., abs=1e-6)
+    assert byol_loss(e, e.roll(1, 1)).item() == pytest.approx(2., abs=1e-6)  # orthogonal
+    p, z = torch.randn(4, 3, requires_grad=True), torch.randn(4, 3, requires_grad=True)
+    byol_loss(p, z).backward()
+    assert p.grad is not None and z.grad is None
+    with pytest.raises(ValueError, match=r"\(n, d\)"): byol_loss(torch.randn(3, 4), torch.randn(3, 5))
 
 
 # ----------------------------------------------------------------------------- DDP

@@ -7,23 +7,21 @@ import pytest
 import torch
 import torch.nn as nn
 from fastai.torch_core import set_seed
-from helpers import RaiseAt, fit_quiet, unlabeled_dls
+from helpers import ALL_TASKS, RaiseAt, fit_quiet, unlabeled_dls
 from tsai.learner import ts_learner
 from tsai.models.InceptionTimePlus import InceptionTimePlus
 from tsai.models.ResNetPlus import ResNetPlus
 
 from tsai_ssl import (
-    ContrastivePretrain,
     MaskedValuePretrain,
     MemorySaver,
-    NextStepPretrain,
-    TS2VecPretrain,
     checkpoint_blocks,
     find_blocks,
     padding_aware,
     split_backbone,
 )
 from tsai_ssl.memory import _CONTAINERS
+from tsai_ssl.tasks import task_names
 
 
 class UserNet(nn.Module):
@@ -119,7 +117,7 @@ def test_eval_and_no_grad_untouched():
         assert torch.equal(m(x), ref)
 
 
-@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, TS2VecPretrain, None])
+@pytest.mark.parametrize('task', [*ALL_TASKS, None], ids=[*task_names(), 'none'])
 def test_memory_saver_callback_same_losses(task):
     "Two epochs with and without MemorySaver, same seed: the same losses, and the Learner left as it was."
     runs = []

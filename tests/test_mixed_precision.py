@@ -10,20 +10,17 @@ import torch
 from conftest import ar_counts
 from fastai.callback.core import Callback
 from fastai.metrics import accuracy
-from helpers import fit_quiet
+from helpers import ALL_TASKS, fit_quiet
 from tsai.learner import ts_learner
 from tsai.models.ResNetPlus import ResNetPlus
 
 from tsai_ssl import (
-    ContrastivePretrain,
     IgnorePadding,
-    MaskedValuePretrain,
     MemorySaver,
-    NextStepPretrain,
-    TS2VecPretrain,
     get_ssl_dls,
     load_pretrained,
 )
+from tsai_ssl.tasks import task_names
 
 
 class CPUAutocast(Callback):
@@ -53,7 +50,7 @@ def _dls(n=40, labels=False):
     return get_ssl_dls(X, y if labels else None, splits=(range(n - 12), range(n - 12, n)), bs=12, seed=0), X, y
 
 
-@pytest.mark.parametrize('task', [MaskedValuePretrain, NextStepPretrain, ContrastivePretrain, TS2VecPretrain])
+@pytest.mark.parametrize('task', ALL_TASKS, ids=task_names())
 @pytest.mark.parametrize('saver', [False, True])
 def test_tasks_under_autocast(task, saver, tmp_path):
     dls, X, y = _dls()

@@ -1,9 +1,15 @@
-"""Contrastive losses: SimCLR's NT-Xent (DDP-aware) and TS2Vec's hierarchical contrastive loss.
+"""Self-supervised losses: SimCLR's NT-Xent, MoCo's InfoNCE with a queue (both DDP-aware), BYOL's regression loss
+and TS2Vec's hierarchical contrastive loss.
 
 * :func:`nt_xent` / :class:`NTXentLoss`: the normalised-temperature cross-entropy
   (InfoNCE) loss of SimCLR (Chen et al., "A Simple Framework for Contrastive Learning
   of Visual Representations", ICML 2020), with negatives optionally gathered from all
   DistributedDataParallel processes (:func:`gather_with_grad`).
+* :func:`moco_info_nce`: InfoNCE of a student's queries against an EMA teacher's keys, the other keys of the
+  batch (of all processes under DDP) and a queue of keys of earlier batches (He et al., "Momentum Contrast for
+  Unsupervised Visual Representation Learning", CVPR 2020; in-batch keys as in MoCo v3, Chen et al., ICCV 2021).
+* :func:`byol_loss`: BYOL's ``2 - 2 cos(p, z)`` between the student's predictions and the teacher's projections
+  (Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020).
 * :func:`hierarchical_contrastive_loss` / :class:`HierarchicalContrastiveLoss`: the
   instance-wise + temporal contrastive loss summed over a max-pooling hierarchy of
   TS2Vec (Yue et al., "TS2Vec: Towards Universal Representation of Time Series",
@@ -23,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "gather_with_grad", "nt_xent", "NTXentLoss",
+    "gather_with_grad", "gather_no_grad", "nt_xent", "NTXentLoss", "moco_info_nce", "byol_loss",
     "hierarchical_contrastive_loss", "HierarchicalContrastiveLoss",
 ]
 
@@ -95,6 +101,17 @@ def gather_with_grad(t: torch.Tensor, group=None) -> torch.Tensor:
         warnings.simplefilter("ignore", FutureWarning)
         parts = all_gather(t, group=group) if group is not None else all_gather(t)
     return torch.cat(parts, dim=0)
+
+
+def gather_no_grad(t: torch.Tensor, group=None) -> torch.Tensor:
+    """``t`` of every process concatenated along dim 0 in rank order, without gradient (teacher keys); ``t`` itself
+    outside a process group of size > 1. All processes must pass the same shape."""
+    if _dist_world_size(group) == 1:
+        return t
+    t = t.detach().contiguous()
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t, group=group)
+    return torch.cat(out, dim=0)
 
 
 # ----------------------------------------------------------------------------- NT-Xent
@@ -343,3 +360,94 @@ class HierarchicalContrastiveLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, temporal_unit={self.temporal_unit}"
+
+
+# ----------------------------------------------------------------------------- MoCo
+
+def moco_info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor | None = None,
+    temperature: float = 0.2,
+    exclude: torch.Tensor | None = None,
+    distributed: bool | None = None,
+    group=None,
+) -> torch.Tensor:
+    """InfoNCE of MoCo: each query against its own key, the batch's other keys and a queue of earlier keys.
+
+    With ``q``, ``k`` and the queue L2-normalised (here) and ``s(a, b) = a . b / temperature``, the loss of query
+    ``i`` is ``-log(exp(s(q_i, k_i)) / (sum_j exp(s(q_i, k_j)) + sum_m exp(s(q_i, queue_m))))``, ``j`` running over the
+    keys of the batch (of every process under DDP: more negatives for free, as in MoCo v3) and ``m`` over the queue
+    (MoCo v1/v2: negatives that do not depend on the batch size). The mean over the local queries is returned.
+
+    The keys come from a teacher and carry no gradient (detached here), so a process's loss depends on its own queries
+    only: for equal shards the mean of the processes' losses is the single-process loss on the concatenated batch, and
+    DDP's gradient averaging makes the update exact without the rescaling `nt_xent` needs.
+
+    Args:
+        q: the student's queries ``(n, d)``.
+        k: the teacher's keys ``(n, d)``; row ``i`` is the other view of the series of ``q[i]``.
+        queue: keys of earlier batches ``(K, d)``, or None / ``K = 0``: the batch's keys only.
+        temperature: softmax temperature ``> 0`` (MoCo v2: 0.2).
+        exclude: bool ``(n, K)``, True where queue entry ``m`` is no negative of query ``i`` (an older key of the
+            same series: on a small data set the queue holds several), or None.
+        distributed: use the keys of all processes; None (default): when a process group of size > 1 exists.
+        group: process group (default: the world).
+
+    Returns:
+        Scalar loss.
+
+    Example:
+        ```python
+        q, k, queue = torch.randn(8, 128), torch.randn(8, 128), torch.randn(4096, 128)
+        loss = moco_info_nce(q, k, queue, temperature=0.2)
+        ```
+    """
+    if q.shape != k.shape or q.ndim != 2:
+        raise ValueError(f"q and k must both be (n, d), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if queue is not None and queue.numel() and (queue.ndim != 2 or queue.shape[1] != q.shape[1]):
+        raise ValueError(f"queue must be (K, {q.shape[1]}), got {tuple(queue.shape)}")
+    world = _dist_world_size(group)
+    if distributed is None:
+        distributed = world > 1
+    q = F.normalize(q, dim=1)
+    k = F.normalize(k.detach(), dim=1)
+    keys, offset = (gather_no_grad(k, group), dist.get_rank(group) * q.shape[0]) if distributed and world > 1 else (k, 0)
+    n_batch = keys.shape[0]
+    if queue is not None and queue.numel():
+        keys = torch.cat([keys, F.normalize(queue.detach().to(keys.dtype), dim=1)], dim=0)
+    logits = q @ keys.T / temperature                                   # (n, N + K)
+    if exclude is not None and keys.shape[0] > n_batch:
+        if exclude.shape != (q.shape[0], keys.shape[0] - n_batch):
+            raise ValueError(f"exclude must be (n, K) = {(q.shape[0], keys.shape[0] - n_batch)}, got {tuple(exclude.shape)}")
+        logits = torch.cat([logits[:, :n_batch], logits[:, n_batch:].masked_fill(exclude, float("-inf"))], dim=1)
+    target = torch.arange(q.shape[0], device=q.device) + offset         # own key's column
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()  # exp of 1/temperature-scaled logits: not in half precision
+    return F.cross_entropy(logits, target)
+
+
+# ----------------------------------------------------------------------------- BYOL
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss ``2 - 2 cos(p_i, z_i)`` averaged over rows (the squared distance of the L2-normalised vectors).
+
+    Args:
+        p: the student's predictions ``(n, d)``.
+        z: the teacher's projections ``(n, d)`` (targets: detached here).
+
+    Returns:
+        Scalar loss in ``[0, 4]``.
+
+    Example:
+        ```python
+        loss = byol_loss(torch.randn(8, 128), torch.randn(8, 128))
+        ```
+    """
+    if p.shape != z.shape or p.ndim != 2:
+        raise ValueError(f"p and z must both be (n, d), got {tuple(p.shape)} and {tuple(z.shape)}")
+    if p.dtype in (torch.float16, torch.bfloat16):
+        p, z = p.float(), z.float()
+    return (2 - 2 * F.cosine_similarity(p, z.detach().to(p.dtype), dim=1)).mean()

@@ -134,15 +134,17 @@ class SemiSupervised(Callback):
         t.learn = self.learn  # what the task reads of it: the loader's channels, the model (it gets no events)
         bb = split_backbone(clf)
         p = next(clf.parameters())
+        t.pretext_backbone = bb  # before make_head: a task with an EMA teacher copies it there
         if t.pretext_head is None: t.pretext_head = t.make_head(bb.nf, getattr(self.dls, 'vars', None) or infer_c_in(clf))
         t.pretext_head.to(p.device)
-        t.pretext_backbone = bb
         self._ctx = t.wrap_backbone(bb)  # next-step: measures the look-ahead it shifts by
         self._ctx.__enter__()
         self._pa = PaddingAware(bb).__enter__() if t.pad_aware else None
         self._model = PretextModel(bb, t.pretext_head, self._pa)
         self._n_opt = add_to_opt(self.learn, list(t.pretext_head.parameters()), self._head_state)
-        self._lr_find_head = copy.deepcopy(t.pretext_head.state_dict()) if _in_lr_find(self.learn) else None
+        # an LR sweep leaves the head and the task's state (an EMA teacher, a queue) as it found them
+        self._lr_find_head = (copy.deepcopy((t.pretext_head.state_dict(), t.state_dict())) if _in_lr_find(self.learn)
+                              else None)
 
     def _next_batch(self):
         if self._it is None: self._it = iter(self._dl)
@@ -195,6 +197,9 @@ class SemiSupervised(Callback):
         self.pseudo_loss, self.pseudo_share = float(loss.detach()), float(keep.mean())
         return loss
 
+    def after_step(self):
+        if self.task is not None and self.task.pretext_head is not None and self.weight > 0: self.task.optimizer_stepped()
+
     def after_backward(self):
         if _dist_world_size() < 2 or self.task is None or self.task.pretext_head is None: return
         for p in self.task.pretext_head.parameters():  # not in the DDP module: average its gradients by hand
@@ -209,5 +214,7 @@ class SemiSupervised(Callback):
         if self._pa is not None: self._pa.__exit__(None, None, None)
         if self._ctx is not None: self._ctx.__exit__(None, None, None)
         self._pa = self._ctx = None
-        if self._lr_find_head is not None and self.task is not None: self.task.pretext_head.load_state_dict(self._lr_find_head)
+        if self._lr_find_head is not None and self.task is not None:
+            head, state = self._lr_find_head
+            self.task.pretext_head.load_state_dict(head); self.task.load_state_dict(state)
         self._lr_find_head, self._it = None, None

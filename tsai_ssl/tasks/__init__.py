@@ -10,6 +10,8 @@ from .masked import MaskedValuePretrain
 from .next_step import NextStepPretrain
 from .contrastive import ContrastivePretrain
 from .ts2vec import TS2VecPretrain
+from .moco import MoCoPretrain
+from .byol import BYOLPretrain
 from .registry import get_task, make_task, task_label, task_names, task_options
 # isort: on
 
@@ -17,5 +19,5 @@ for _m in pkgutil.iter_modules(__path__):  # tasks added later (a MoCo, a VAE) r
     importlib.import_module(f'{__name__}.{_m.name}')
 
 __all__ = ['CountMetric', 'PretextModel', 'PretextTask', 'MaskedValuePretrain', 'NextStepPretrain',
-           'ContrastivePretrain', 'TS2VecPretrain', 'get_task', 'make_task', 'task_label', 'task_names',
+           'ContrastivePretrain', 'TS2VecPretrain', 'MoCoPretrain', 'BYOLPretrain', 'get_task', 'make_task', 'task_label', 'task_names',
            'task_options']

@@ -131,6 +131,8 @@ class PretextTask(Callback):
     def wrap_backbone(self, backbone: Backbone):
         "A context manager to run the backbone in during fit (next-step: causal view)."
         return contextlib.nullcontext()
+    def optimizer_stepped(self) -> None:
+        "Called after each optimizer step of a fit the task trains in (its own, or `SemiSupervised`'s): EMA teachers."
     def state_dict(self) -> dict:
         "The task's state beyond the model's weights, for `Checkpoint` (tensors and plain Python values)."
         return dict(best=float(self.best))
@@ -244,6 +246,9 @@ class PretextTask(Callback):
         return dict(x=x, pad_mask=pad_mask, raw=raw, xb=xb, yb=yb, pred=pred)
 
     # -- saving --------------------------------------------------------------------------------------
+    def after_step(self):
+        if self.attached: self.optimizer_stepped()
+
     def after_batch(self):
         if self.training: self._trained = True
 

@@ -34,7 +34,12 @@ from ..backbone import masked_mean
 from ..losses import nt_xent
 from .two_view import TwoViewTask, contrastive_correct
 
-__all__ = ['ContrastivePretrain', 'ProjectionHead']
+__all__ = ['ContrastivePretrain', 'ProjectionHead', 'default_view_augs']
+
+
+def default_view_augs() -> list:
+    "The default augmentations of the series-level contrastive tasks (SimCLR, MoCo, BYOL): see the module docstring."
+    return [RandomCrop(0.5, 0.5, min_len=8), TimeMask(0.1, 5.), Scaling(0.1), Jitter(0.03)]
 
 
 class ProjectionHead(nn.Module):
@@ -83,7 +88,7 @@ class ContrastivePretrain(TwoViewTask):
 
     def default_augs(self) -> list:
         "See the module docstring for why these."
-        return [RandomCrop(0.5, 0.5, min_len=8), TimeMask(0.1, 5.), Scaling(0.1), Jitter(0.03)]
+        return default_view_augs()
 
     def make_head(self, nf, c_in): return ProjectionHead(nf, self.hidden, self.proj_dim)
 

@@ -14,7 +14,7 @@ import torch
 import torch.multiprocessing as mp
 
 WORLD = 2
-TASKS = ['MaskedValuePretrain', 'NextStepPretrain', 'ContrastivePretrain']
+TASKS = ['MaskedValuePretrain', 'NextStepPretrain', 'ContrastivePretrain', 'MoCoPretrain', 'BYOLPretrain']
 
 
 def _free_port() -> int:
@@ -59,7 +59,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
                          restored=learn.model is clf and learn.loss_func is not task.loss,
                          saved=[str(p) for p in task.saved_paths],
                          weights=[float(p.detach().double().sum()) for p in clf.parameters()],
-                         hooks=sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in clf.modules()))
+                         hooks=sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in clf.modules()),
+                         # an EMA teacher follows the same student on both processes; MoCo's queue holds both's keys
+                         teacher=[float(p.double().sum()) for p in task.teacher.parameters()] if hasattr(task, 'teacher') else [],
+                         queue=task.queue.keys().double().sum(1).tolist() if hasattr(task, 'queue') else [])
     # semi-supervised fine-tuning: labeled batches are sharded by DistributedDL, the unlabeled loader is the same on
     # both; DDP averages the backbone's gradients and SemiSupervised the head's, so both replicas stay equal
     set_seed(0)
@@ -104,6 +107,8 @@ def test_tasks_under_distrib_ctx(ranks, name):
     assert torch.allclose(torch.tensor(r0['values']), torch.tensor(r1['values']), rtol=1e-6)
     assert r0['weights'] == pytest.approx(r1['weights'], rel=1e-5)  # DDP kept the replicas in step
     assert r0['restored'] and r1['restored'] and r0['hooks'] == r1['hooks'] == 0
+    assert r0['teacher'] == pytest.approx(r1['teacher'], rel=1e-5) and r0['queue'] == pytest.approx(r1['queue'], rel=1e-5)
+    if name == 'MoCoPretrain': assert len(r0['queue']) == 2 * 2 * 6 * 2 * 2  # 2 batches x 2 views x 6 x 2 processes x 2 epochs
     assert r0['saved'] and r1['saved'] == []  # only the first process writes the backbone
     from conftest import ar_counts
     from tsai.learner import ts_learner

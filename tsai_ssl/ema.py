@@ -76,6 +76,7 @@ class EMATeacher(nn.Module):
 
     Example:
         ```python
+        from tsai_ssl.tasks.contrastive import ProjectionHead
         bb = split_backbone(ResNetPlus(1, 5))
         head = ProjectionHead(bb.nf)
         teacher = EMATeacher(bb, head)

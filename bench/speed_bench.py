@@ -8,7 +8,8 @@ batched by length (tsai_ssl) vs padded to the longest series in the data (what a
 Part 'steps': time of one training step (forward, loss, backward, optimizer) of each SSL callback vs a plain
 supervised step on the same backbone, batch and length. Ratios are what to read: both sides run in one process
 on the same machine, alternating, median of `--reps` repetitions. A contrastive step runs two views of every
-series through the backbone; by default each view is a random half of the series, so the two cost about one batch.
+series through the backbone (MoCo and BYOL also through their EMA teacher, forward only); by default each view is
+a random half of the series, so the two cost about one batch.
 On request: 'contrastive 50-100% crops' (the earlier default views), 'supervised 2x' (a supervised step on twice the
 batch, what two full-length views cost) and 'next-step pad' (`NextStepPretrain(causal='pad')`).
 '+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time. 'ts2vec' (`TS2VecPretrain`) first cuts
@@ -63,9 +64,11 @@ def bucketing(n: int, bs: int, seed: int = 0):
 
 def step_times(L: int, bs: int, reps: int, only=None):
     from tsai_ssl import (
+        BYOLPretrain,
         ContrastivePretrain,
         MaskedValuePretrain,
         MemorySaver,
+        MoCoPretrain,
         NextStepPretrain,
         TS2VecPretrain,
         get_ssl_dls,
@@ -77,9 +80,10 @@ def step_times(L: int, bs: int, reps: int, only=None):
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next-step': NextStepPretrain,
              'next-step pad': partial(NextStepPretrain, causal='pad'), 'contrastive': ContrastivePretrain,
              'contrastive 50-100% crops': partial(ContrastivePretrain, augs=full_views), 'ts2vec': TS2VecPretrain,
+             'moco': MoCoPretrain, 'byol': BYOLPretrain,
              'supervised 2x': None, 'supervised+saver': None, 'supervised+flat saver': None,
              'masked+saver': MaskedValuePretrain}
-    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec']  # the other rows on request
+    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec', 'moco', 'byol']  # the other rows on request
     tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in only}
     learners = {}
     for name, task in tasks.items():
@@ -142,7 +146,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['bucketing', 'steps', 'mvp', 'all'], default='all')
     p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'next-step pad', 'contrastive',
-                                                  'contrastive 50-100% crops', 'ts2vec', 'supervised 2x', 'supervised+saver',
+                                                  'contrastive 50-100% crops', 'ts2vec', 'moco', 'byol', 'supervised 2x',
+                                                  'supervised+saver',
                                                   'supervised+flat saver', 'masked+saver'],
                    help='steps: only these (with the supervised reference)')
     p.add_argument('--mvp-len', type=int, default=4096, help='mvp: series length')

@@ -19,6 +19,7 @@ from tsai_ssl import (
     MoCoPretrain,
     NextStepPretrain,
     TS2VecPretrain,
+    VAEPretrain,
     get_ssl_dls,
 )
 
@@ -52,8 +53,9 @@ continuous_masked = functools.partial(MaskedValuePretrain, n_values=None)  # its
 
 
 @pytest.mark.parametrize('task', [MaskedValuePretrain, continuous_masked, NextStepPretrain, ContrastivePretrain,
-                                  TS2VecPretrain, MoCoPretrain, BYOLPretrain, None],
-                         ids=['masked', 'masked-continuous', 'next', 'contrastive', 'ts2vec', 'moco', 'byol', 'none'])
+                                  TS2VecPretrain, MoCoPretrain, BYOLPretrain, VAEPretrain, None],
+                         ids=['masked', 'masked-continuous', 'next', 'contrastive', 'ts2vec', 'moco', 'byol', 'vae',
+                              'none'])
 def test_resume_equals_uninterrupted(task, monkeypatch):
     if task is continuous_masked:  # real values: each batch has its own range, so the first batch's fill differs
         def real_series(n, **kw):

@@ -35,6 +35,7 @@ class CPUAutocast(Callback):
 
     def after_pred(self):
         p = self.learn.pred
+        p = p if torch.is_tensor(p) else p[0]  # a tuple: the VAE's (out, mu, logvar)
         self.dtypes.append(p.dtype if torch.is_tensor(p) else None)
 
     def after_loss(self): self._exit()

@@ -30,7 +30,7 @@ _NAMES = {
     'LinearProbe': 'embed', 'get_embeddings': 'embed', 'linear_probe': 'embed',
     'ContrastivePretrain': 'tasks', 'MaskedValuePretrain': 'tasks', 'NextStepPretrain': 'tasks',
     'PretextModel': 'tasks', 'PretextTask': 'tasks', 'TS2VecPretrain': 'tasks', 'MoCoPretrain': 'tasks',
-    'BYOLPretrain': 'tasks', 'EMATeacher': 'ema',
+    'BYOLPretrain': 'tasks', 'VAEPretrain': 'tasks', 'EMATeacher': 'ema',
     'TransferReport': 'transfer', 'load_pretrained': 'transfer', 'save_backbone': 'transfer', 'backbone_splitter': 'transfer',
     'SemiSupervised': 'semi',
     'InputError': 'errors', 'RunConfig': 'config',

@@ -12,12 +12,14 @@ from .contrastive import ContrastivePretrain
 from .ts2vec import TS2VecPretrain
 from .moco import MoCoPretrain
 from .byol import BYOLPretrain
+from .vae import VAEPretrain
 from .registry import get_task, make_task, task_label, task_names, task_options
 # isort: on
 
-for _m in pkgutil.iter_modules(__path__):  # tasks added later (a MoCo, a VAE) register themselves on import
+for _m in pkgutil.iter_modules(__path__):  # a task file not listed above registers itself on import
     importlib.import_module(f'{__name__}.{_m.name}')
 
 __all__ = ['CountMetric', 'PretextModel', 'PretextTask', 'MaskedValuePretrain', 'NextStepPretrain',
-           'ContrastivePretrain', 'TS2VecPretrain', 'MoCoPretrain', 'BYOLPretrain', 'get_task', 'make_task', 'task_label', 'task_names',
+           'ContrastivePretrain', 'TS2VecPretrain', 'MoCoPretrain', 'BYOLPretrain', 'VAEPretrain',
+           'get_task', 'make_task', 'task_label', 'task_names',
            'task_options']

@@ -64,8 +64,9 @@ class CountMetric(Metric):
 
     def accumulate(self, learn):
         num, den = self.func(learn.pred, *learn.yb)
+        pred = learn.pred if torch.is_tensor(learn.pred) else learn.pred[0]  # a tuple: the VAE's (out, mu, logvar)
         num, den = sum_over_processes(torch.tensor([float(num), float(den)], dtype=torch.float64,
-                                                   device=learn.pred.device)).tolist()
+                                                   device=pred.device)).tolist()
         self.num += num; self.den += den
 
     @property

@@ -110,6 +110,7 @@ class MoCoPretrain(TeacherTask):
         ```
     """
     task_name, aliases, label = 'moco', ('moco-v2', 'momentum-contrast'), 'MoCo'
+    epoch_cost = 1.3  # the teacher's forward: 1.35x a supervised step at 2048 steps, 1.15x at 8192 (bench/speed_bench.py)
 
     def __init__(self, augs: Sequence[Callable] | Callable | None = None, temperature: float = 0.2,
                  queue_size: int = 4096, momentum: float = 0.99, momentum_schedule: str = 'constant',

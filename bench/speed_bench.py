@@ -71,6 +71,7 @@ def step_times(L: int, bs: int, reps: int, only=None):
         MoCoPretrain,
         NextStepPretrain,
         TS2VecPretrain,
+        VAEPretrain,
         get_ssl_dls,
     )
     rng = np.random.default_rng(0)
@@ -80,10 +81,10 @@ def step_times(L: int, bs: int, reps: int, only=None):
     tasks = {'supervised': None, 'masked': MaskedValuePretrain, 'next-step': NextStepPretrain,
              'next-step pad': partial(NextStepPretrain, causal='pad'), 'contrastive': ContrastivePretrain,
              'contrastive 50-100% crops': partial(ContrastivePretrain, augs=full_views), 'ts2vec': TS2VecPretrain,
-             'moco': MoCoPretrain, 'byol': BYOLPretrain,
+             'moco': MoCoPretrain, 'byol': BYOLPretrain, 'vae': VAEPretrain,
              'supervised 2x': None, 'supervised+saver': None, 'supervised+flat saver': None,
              'masked+saver': MaskedValuePretrain}
-    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec', 'moco', 'byol']  # the other rows on request
+    only = only or ['masked', 'next-step', 'contrastive', 'ts2vec', 'moco', 'byol', 'vae']  # the other rows on request
     tasks = {k: v for k, v in tasks.items() if k == 'supervised' or k in only}
     learners = {}
     for name, task in tasks.items():
@@ -146,7 +147,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--part', choices=['bucketing', 'steps', 'mvp', 'all'], default='all')
     p.add_argument('--tasks', nargs='+', choices=['masked', 'next-step', 'next-step pad', 'contrastive',
-                                                  'contrastive 50-100% crops', 'ts2vec', 'moco', 'byol', 'supervised 2x',
+                                                  'contrastive 50-100% crops', 'ts2vec', 'moco', 'byol', 'vae', 'supervised 2x',
                                                   'supervised+saver',
                                                   'supervised+flat saver', 'masked+saver'],
                    help='steps: only these (with the supervised reference)')

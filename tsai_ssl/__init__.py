@@ -20,7 +20,7 @@ __version__ = '0.1.0'
 # public name -> module (relative to this package) that defines it
 _NAMES = {
     'RaggedStore': 'data', 'SSLDataLoaders': 'data', 'batch_pad_mask': 'data', 'get_ssl_dls': 'data',
-    'validate_series': 'data', 'SeriesStandardize': 'standardize',
+    'validate_series': 'data', 'SeriesStandardize': 'standardize', 'StoreWriter': 'store', 'build_store': 'store',
     'Backbone': 'backbone', 'causal': 'backbone', 'check_causal': 'backbone', 'lookahead': 'backbone',
     'masked_max': 'backbone', 'masked_mean': 'backbone', 'split_backbone': 'backbone',
     'span_mask': 'masking',

@@ -6,6 +6,7 @@
   tsai-ssl pretrain data.npz --task masked --out models/ssl_masked.pth
   tsai-ssl finetune data.npz --weights models/ssl_masked.pth --fraction 5%
   tsai-ssl tasks                     # the pretext tasks and their options
+  tsai-ssl store build series/ corpus --dtype uint8 --n-values 41   # a memory-mapped corpus, series by series
 
 Input errors (a missing file, wrong keys, labels of the wrong length, a fraction that leaves a class without a
 label, NaN inside a series, an unknown architecture or task, ...) print one line on stderr and exit with status
@@ -255,6 +256,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument('--fraction', default='100%', help='labeled fraction of the training series, e.g. 5%% or 0.05')
     sp.add_argument('--seed', type=int, default=0)
     sp.add_argument('--export', default=None, metavar='PKL', help='write the trained classifier with learn.export')
+
+    sp = sub.add_parser('store', formatter_class=_Formatter, help='build a memory-mapped store of unlabeled series',
+                        description='Work with RaggedStore corpora (one flat, memory-mappable buffer + offsets; '
+                        'get_ssl_dls and the tasks read them).')
+    st = sp.add_subparsers(dest='store_command', metavar='ACTION', required=True)
+    b = st.add_parser('build', formatter_class=_Formatter, help='write the series of a folder into a store',
+                      description='Write every series of SRC (a folder of .npy / .npz / .csv files, in file-name '
+                      'order: a .npy holds one series (L,) or (C, L), or N series (N, C, L); a .npz each of its '
+                      'arrays likewise; a .csv one one-channel series per line) into the store DEST '
+                      '(DEST.data.npy + DEST.offsets.npy), one series at a time: memory does not grow with the '
+                      'corpus, and the store appears only when every series is written. Each series is checked '
+                      'first; an error names the file, the series and the step.')
+    b.add_argument('src', metavar='SRC', help='folder of series files')
+    b.add_argument('dest', metavar='DEST', help='store path prefix')
+    b.add_argument('--dtype', default='float32', help='stored dtype (uint8 holds counts 0..255: 1 byte per step)')
+    b.add_argument('--n-values', default=None, help='N: every value must be an integer in 0..N-1 (e.g. 41)')
+    b.add_argument('--append', action='store_true', help='add to the existing store DEST')
+    b.add_argument('--overwrite', action='store_true', help='replace an existing store DEST')
+    b.add_argument('--quiet', '-q', action='store_true', help='no progress bar')
 
     sub.add_parser('tasks', formatter_class=_Formatter, help='list the pretext tasks: names, aliases, labels, options',
                    description='Lists every registered pretext task with its aliases, its label in tables and the '
@@ -634,8 +654,28 @@ def _quiet_libraries(args=None):
 # ----------------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------------
+def cmd_store(args) -> int:
+    "tsai-ssl store build: a folder of series files into a RaggedStore (numpy only, no torch)."
+    import numpy as np
+
+    from .store import build_store, store_summary
+    try: dtype = np.dtype(args.dtype)
+    except TypeError: raise UsageError(f'--dtype {args.dtype!r} is not a numpy dtype (e.g. uint8, float32)') from None
+    n_values = _parse_n_values(args.n_values) if args.n_values is not None else None
+    if n_values == 'auto': raise UsageError('--n-values: give N (e.g. 41) or leave it out')
+    if args.append and args.overwrite: raise UsageError('give --append or --overwrite, not both')
+    try:
+        build_store(args.src, args.dest, dtype=dtype, n_values=n_values, append=args.append, overwrite=args.overwrite,
+                    progress=not args.quiet)
+    except FileExistsError: raise UsageError(f'{args.dest} already holds a store: pass --append to add to it or '
+                                             '--overwrite to replace it') from None
+    except FileNotFoundError: raise UsageError(f'--append: there is no store at {args.dest} to add to') from None
+    print(store_summary(args.dest))
+    return 0
+
+
 COMMANDS = dict(compare=cmd_compare, demo=lambda a: cmd_compare(a, demo=True), pretrain=cmd_pretrain,
-                finetune=cmd_finetune, tasks=cmd_tasks)
+                finetune=cmd_finetune, tasks=cmd_tasks, store=cmd_store)
 
 
 def main(argv=None) -> int:

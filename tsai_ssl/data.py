@@ -57,6 +57,8 @@ class RaggedStore:
         store.save('corpus')                                       # corpus.data.npy + corpus.offsets.npy
         store = RaggedStore.load('corpus', mmap=True)          # memory-mapped: nothing read until used
         dls = get_ssl_dls(store, bs=32, max_len=2048)
+        with RaggedStore.create('big', dtype=np.uint8, n_values=41) as w:   # series by series, any number
+            for s in series: w.append(s)
         ```
     """
 
@@ -84,7 +86,17 @@ class RaggedStore:
 
     @classmethod
     def load(cls, path: str | Path, mmap: bool = True) -> 'RaggedStore':
+        "Open a store written by `save`, `create` or `tsai_ssl.store.build_store` (memory-mapped with `mmap`)."
         return cls(np.load(f'{path}.data.npy', mmap_mode='r' if mmap else None), np.load(f'{path}.offsets.npy'))
+
+    @classmethod
+    def create(cls, path: str | Path, channels: int = 1, dtype=np.float32, n_values: int | None = None,
+               append: bool = False, overwrite: bool = False):
+        """A `tsai_ssl.store.StoreWriter` that writes a store at `path` series by series (``append(series)``,
+        ``extend(...)``; use it as a context manager), in constant memory and atomically; `append` adds to an
+        existing store. See `tsai_ssl.store`."""
+        from .store import StoreWriter
+        return StoreWriter(path, channels=channels, dtype=dtype, n_values=n_values, append=append, overwrite=overwrite)
 
     def __len__(self): return len(self.lengths)
     def __getitem__(self, i): return self.data[:, self.offsets[i]:self.offsets[i + 1]]

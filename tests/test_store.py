@@ -189,3 +189,23 @@ def test_cli_store_build_and_its_errors(tmp_path):
     r = _cli('store', 'build', str(src), str(tmp_path / 'w'), '--n-values', '41', '-q')
     assert r.returncode == 2 and 'c.npy[0]: series 5 of the store has value 41 at step 1: with n_values=41' in r.stderr
     assert not (tmp_path / 'w.data.npy').exists()
+
+
+def test_cli_pretrain_with_an_unlabeled_store(tmp_path):
+    "--unlabeled STORE adds the store's series to the pretraining ones; a bad one is named STORE[i]."
+    rng = np.random.default_rng(0)
+    X = np.empty(16, object)
+    X[:] = [rng.integers(0, 41, int(L)) for L in rng.integers(48, 96, 16)]
+    np.savez(tmp_path / 'd.npz', X=X, y=np.arange(16) % 2)
+    build_store((rng.integers(0, 41, int(L)) for L in rng.integers(48, 96, 20)), tmp_path / 'u', dtype=np.uint8,
+                progress=False)
+    out = tmp_path / 'w.pth'
+    r = _cli('pretrain', str(tmp_path / 'd.npz'), '--unlabeled', str(tmp_path / 'u'), '--epochs', '1', '--arch-config',
+             '{"nf": 8}', '--out', str(out), '--threads', '1')
+    assert r.returncode == 0 and out.exists(), r.stderr
+    assert 'on 32 series' in r.stderr and '20 unlabeled series from the store' in r.stderr  # 12 training + 20
+    r = _cli('pretrain', str(tmp_path / 'd.npz'), '--unlabeled', str(tmp_path / 'nope'))
+    assert r.returncode == 2 and 'no store there' in r.stderr
+    build_store([np.ones(10) for _ in range(3)] + [np.array([1., 2.5] + [1.] * 8)], tmp_path / 'bad', progress=False)
+    r = _cli('pretrain', str(tmp_path / 'd.npz'), '--unlabeled', str(tmp_path / 'bad'), '--n-values', '41')
+    assert r.returncode == 2 and f"{tmp_path / 'bad'}[3] has value 2.5 at step 1" in r.stderr, r.stderr

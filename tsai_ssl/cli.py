@@ -129,6 +129,9 @@ def _add_data_args(p: argparse.ArgumentParser, synthetic_defaults: dict | None =
     g.add_argument('--synthetic', action='store_true', help='the embedded synthetic data set (integer counts 0..40, 4 classes)')
     g.add_argument('--test-size', type=float, default=0.25,
                    help='share of labeled series held out for testing when DATA has no split')
+    g.add_argument('--unlabeled', metavar='STORE', default=None,
+                   help='a RaggedStore (from tsai-ssl store build) of unlabeled series, memory-mapped: added to the '
+                   'pretraining series only')
     _add_synthetic_args(p, synthetic_defaults or {})
 
 
@@ -328,8 +331,20 @@ def _load_data(args, synthetic: bool = False) -> E.SplitData:
             if args.n_unlabeled < 0: raise UsageError('--n-unlabeled must be >= 0')
             return E.demo_data(args.n_train, args.n_unlabeled, args.n_test, min_len=lo, max_len=hi, seed=args.data_seed)
         return E.synthetic_data(args.n_train, args.n_test, min_len=lo, max_len=hi, seed=args.data_seed)
-    if args.ucr: return E.ucr_data(args.ucr)
-    return E.load_npz(args.data, test_size=args.test_size, seed=0)
+    data = E.ucr_data(args.ucr) if args.ucr else E.load_npz(args.data, test_size=args.test_size, seed=0)
+    if getattr(args, 'unlabeled', None): _add_store(data, args.unlabeled)
+    return data
+
+
+def _add_store(data: E.SplitData, path: str) -> None:
+    "The series of the store at `path` (memory-mapped views) join the unlabeled ones, named STORE[i] in messages."
+    from .store import open_store_series
+    try: extra = open_store_series(path)
+    except (FileNotFoundError, InputError) as e: raise UsageError(f'--unlabeled {path}: {e}') from None
+    n_own, own = len(data.X_unlabeled), data.name('unlabeled')
+    data.X_unlabeled = list(data.X_unlabeled) + extra
+    data.origin['unlabeled'] = lambda i: own(i) if i < n_own else f'{path}[{i - n_own}]'
+    data.notes.append(f'{len(extra)} unlabeled series from the store {path} (pretraining only)')
 
 
 def _check_series(data: E.SplitData, min_len: int = 8):

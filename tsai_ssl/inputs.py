@@ -29,7 +29,8 @@ class SplitData:
     """Series split for an experiment: labeled training, held-out test, and unlabeled extras (pretraining only).
 
     ``origin`` maps 'train', 'test' and 'unlabeled' to ``(key, indices)``: where each series came from in the
-    user's data (``key`` 'X' or 'X_test'), so messages can name ``X[117]`` rather than a position after the split.
+    user's data (``key`` 'X' or 'X_test'), so messages can name ``X[117]`` rather than a position after the split;
+    or to a function ``i -> name`` (unlabeled series from a store).
     """
     X_train: list
     y_train: np.ndarray
@@ -51,6 +52,7 @@ class SplitData:
         if part not in self.origin:
             label = {'train': 'training', 'test': 'test', 'unlabeled': 'unlabeled'}[part]
             return lambda i: f'{label} series {i}'
+        if callable(self.origin[part]): return self.origin[part]  # a namer of its own (a store added by the CLI)
         key, idx = self.origin[part]
         return lambda i: f'{key}[{int(idx[i])}]'
 

@@ -36,7 +36,7 @@ import numpy as np
 from .errors import InputError
 from .series import check_series
 
-__all__ = ['StoreWriter', 'build_store', 'iter_series_files', 'store_summary']
+__all__ = ['StoreWriter', 'build_store', 'iter_series_files', 'store_summary', 'open_store_series']
 
 _HEADER_LEN = 256  # bytes for magic + version + length + header dict: room for any (C, total) shape
 _MAGIC = b'\x93NUMPY\x01\x00'
@@ -285,3 +285,14 @@ def store_summary(path: str | Path) -> str:
     size = data.stat().st_size + Path(f'{path}.offsets.npy').stat().st_size
     return (f'{path}: {len(lengths)} series, {shape[0]} channel{"s" if shape[0] > 1 else ""} {dtype}, lengths '
             f'{lengths.min()}..{lengths.max()} (mean {lengths.mean():.0f}), {size / 2 ** 20:.1f} MiB')
+
+
+def open_store_series(path: str | Path) -> list[np.ndarray]:
+    """The series of the store at `path` as memory-mapped ``(C, L_i)`` views (numpy only: what `RaggedStore.load`
+    gives without importing torch). `FileNotFoundError` naming the missing file."""
+    for f in (Path(f'{path}.data.npy'), Path(f'{path}.offsets.npy')):
+        if not f.exists(): raise FileNotFoundError(f'no store there ({f} is missing; build one with tsai-ssl store build)')
+    data, off = np.load(f'{path}.data.npy', mmap_mode='r'), np.load(f'{path}.offsets.npy')
+    if data.ndim != 2 or off[0] != 0 or off[-1] != data.shape[1]:
+        raise InputError(f'the store {path} is inconsistent (offsets end at {off[-1]}, data holds {data.shape}): rebuild it')
+    return [data[:, a:b] for a, b in zip(off[:-1], off[1:])]

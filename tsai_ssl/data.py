@@ -182,45 +182,88 @@ class BucketedDL(TfmdDL):
     padded and a series' prediction cannot depend on its batch neighbours, for any model (series of a length
     that occurs once are a batch of one). Needs ``shuffle=False`` and runs in the main process.
 
+    ``max_tokens`` (token-budget batches): a batch holds as many series as fit ``max_tokens`` padded steps
+    (``len(batch) * longest <= max_tokens``), at most ``bs``; a series longer than the budget is a batch alone. Series
+    are ordered as above (shuffled pools sorted by length, batches shuffled) and then cut greedily, so every series
+    is seen once per epoch and a batch of 512-step series holds many more than one of 30720-step series: the cost of
+    a step stays about the same across lengths. The loader runs in the main process (``num_workers=0``).
+
     While a batch is processed the loader keeps ``pad_mask`` (see the module docstring), ``raw_input`` and
     ``batch_idxs`` (the dataset index of each batch item, for error messages that point into the user's data).
     """
 
     def __init__(self, dataset, bs: int = 64, shuffle: bool = False, max_len: int | None = None, crop: bool = False,
-                 pad_value: float = 0., bucket: bool = True, pool_batches: int = 50, exact: bool = False, **kwargs):
+                 pad_value: float = 0., bucket: bool = True, pool_batches: int = 50, exact: bool = False,
+                 max_tokens: int | None = None, **kwargs):
         self.max_len, self.crop, self.pad_value, self.bucket, self.pool_batches = max_len, crop, pad_value, bucket, pool_batches
         if exact and shuffle: raise ValueError('exact=True batches series of one length in length order: use shuffle=False.')
-        self.exact = exact
+        if max_tokens is not None and max_tokens < 1: raise ValueError(f'max_tokens must be >= 1, got {max_tokens}')
+        self.exact, self.max_tokens = exact, max_tokens
         self.pad_mask = self.raw_input = self.batch_idxs = None  # of the batch being processed
+        self._sizes = None  # the token-budget plan of the epoch being iterated
         kwargs.setdefault('num_workers', 0)
-        if exact: kwargs['num_workers'] = 0  # fastai's workers split the indices in chunks of bs: exact batches are not
+        # fastai's workers split the indices in chunks of bs: exact and token-budget batches are not
+        if exact or max_tokens: kwargs['num_workers'] = 0
         super().__init__(dataset, bs=bs, shuffle=shuffle, **kwargs)
         self.after_batch = _KeepPadMask(self.after_batch, self)
 
-    exact, batch_idxs = False, None  # loaders exported before these existed
+    exact, batch_idxs, max_tokens, _sizes = False, None, None, None  # loaders exported before these existed
 
     def new(self, dataset=None, cls=None, **kwargs):
-        for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches', 'exact'): kwargs.setdefault(k, getattr(self, k))
+        for k in ('max_len', 'crop', 'pad_value', 'bucket', 'pool_batches', 'exact', 'max_tokens'):
+            kwargs.setdefault(k, getattr(self, k))
         if kwargs.get('shuffle'): kwargs['exact'] = False
         return super().new(dataset, cls, **kwargs)
 
+    @property
+    def _budget(self) -> bool: return bool(self.max_tokens) and not self.exact
+
     def __len__(self):
-        if not self.exact: return super().__len__()
-        return len(self._exact_sizes())
+        if self.exact: return len(self._exact_sizes())
+        if self._budget:
+            if self._sizes is not None: return len(self._sizes)  # during an epoch: its own plan
+            # before an epoch (fastai asks for the length first): the plan the next `randomize` will give
+            nxt = random.Random()
+            if self.shuffle:
+                probe = random.Random(); probe.setstate(self.rng.getstate())
+                nxt = random.Random(probe.randint(0, 2 ** 32 - 1))  # what fastai's randomize() does
+            return len(self._plan(nxt))
+        return super().__len__()
 
     def _exact_sizes(self) -> list[int]:
-        "Batch sizes of an exact loader: each run of equal lengths (in loader order) cut into chunks of at most bs."
+        """Batch sizes of an exact loader: each run of equal lengths (in loader order) cut into chunks of at most bs
+        (and of at most ``max_tokens`` steps)."""
         L = self.effective_lengths()[np.asarray(self.get_idxs(), dtype=np.int64)] if len(self.dataset) else []
         sizes, run = [], 0
         for k in range(len(L)):
             run += 1
-            if k + 1 == len(L) or L[k + 1] != L[k] or run == self.bs:
+            if k + 1 == len(L) or L[k + 1] != L[k] or run == self._cap(L[k]):
                 sizes.append(run); run = 0
         return sizes
 
+    def _cap(self, length: int) -> int:
+        "The most series of `length` steps a batch holds."
+        return min(self.bs, max(1, self.max_tokens // max(int(length), 1))) if self.max_tokens else self.bs
+
     def chunkify(self, b):
-        if not self.exact: return super().chunkify(b)
-        return _equal_length_chunks(b, self.bs)
+        if self.exact: return _equal_length_chunks(b, self._cap)
+        if self._budget: return _sized_chunks(b, self._sizes)
+        return super().chunkify(b)
+
+    def after_iter(self):
+        super().after_iter()
+        self._sizes = None
+
+    def _plan(self, rng: random.Random) -> list[np.ndarray]:
+        "Token-budget batches of dataset indices: the epoch's order (see the class docstring), cut greedily."
+        n, L = len(self.dataset), self.effective_lengths()
+        if not self.shuffle: return _cut_by_tokens(np.argsort(L, kind='stable'), L, self.bs, self.max_tokens)
+        if not self.bucket: return _cut_by_tokens(np.array(rng.sample(range(n), n), dtype=np.int64), L, self.bs, self.max_tokens)
+        perm = np.array(rng.sample(range(n), n), dtype=np.int64)
+        pool = self.bs * self.pool_batches
+        order = np.concatenate([p[np.argsort(L[p], kind='stable')] for p in np.split(perm, range(pool, n, pool))])
+        batches = _cut_by_tokens(order, L, self.bs, self.max_tokens)
+        return [batches[i] for i in rng.sample(range(len(batches)), len(batches))]
 
     # -- order -----------------------------------------------------------------------------------------
     def effective_lengths(self) -> np.ndarray:
@@ -231,6 +274,13 @@ class BucketedDL(TfmdDL):
         n = len(self.dataset)
         L = self.effective_lengths()
         if self.exact: return [int(i) for i in np.argsort(L, kind='stable')]  # equal lengths next to each other
+        if self._budget:
+            if _world_size() > 1:
+                raise RuntimeError('Token-budget batches (max_tokens) under learn.distrib_ctx() are not supported yet: '
+                                   'the processes would run different numbers of batches. Use a fixed bs there.')
+            plan = self._plan(self.rng)
+            self._sizes = [len(b) for b in plan]
+            return [int(i) for b in plan for i in b]
         if not self.bucket: return super().get_idxs()
         if not self.shuffle: return list(np.argsort(L, kind='stable'))
         perm = np.array(self.rng.sample(range(n), n), dtype=np.int64)
@@ -249,12 +299,22 @@ class BucketedDL(TfmdDL):
         if self.exact: return 0.  # batches of one length
         idxs = np.asarray(self.get_idxs(), dtype=np.int64)
         L = self.effective_lengths()[idxs]
-        n_batches = len(self)
+        sizes = self._sizes if self._budget else [min(self.bs, len(L) - k) for k in range(0, len(L), self.bs)][:len(self)]
+        self._sizes = None if self._budget else self._sizes  # get_idxs planned an epoch that will not run
         real = padded = 0
-        for k in range(n_batches):
-            b = L[k * self.bs:(k + 1) * self.bs]
+        for start, size in zip(np.cumsum([0, *sizes[:-1]]), sizes):
+            b = L[start:start + size]
             real += b.sum(); padded += b.max() * len(b)
         return float(1 - real / padded) if padded else 0.
+
+    def batch_sizes(self) -> list[int]:
+        "The number of series in each batch of one epoch in the current order (token budgets make them differ)."
+        if self.exact: return self._exact_sizes()
+        n = len(self.get_idxs())
+        if self._budget:
+            sizes, self._sizes = self._sizes, None
+            return sizes
+        return [min(self.bs, n - k) for k in range(0, n, self.bs)][:len(self)]
 
     # -- batches ---------------------------------------------------------------------------------------
     def create_item(self, s):
@@ -291,14 +351,42 @@ class BucketedDL(TfmdDL):
         return b + (b[0].as_subclass(torch.Tensor).clone() if has_tfms else None,)
 
 
-def _equal_length_chunks(items, bs: int):
-    "Consecutive items ``(x, ..., idx)`` grouped into lists of at most `bs` items of one length."
+def _equal_length_chunks(items, cap):
+    "Consecutive items ``(x, ..., idx)`` grouped into lists of one length, at most ``cap(length)`` items each."
     chunk = []
     for o in items:
-        if chunk and (len(chunk) == bs or np.shape(o[0])[-1] != np.shape(chunk[0][0])[-1]):
+        if chunk and (len(chunk) == cap(np.shape(chunk[0][0])[-1]) or np.shape(o[0])[-1] != np.shape(chunk[0][0])[-1]):
             yield chunk; chunk = []
         chunk.append(o)
     if chunk: yield chunk
+
+
+def _sized_chunks(items, sizes):
+    "Consecutive items cut into lists of the given sizes (the token-budget plan of the epoch)."
+    it = iter(items)
+    for size in sizes:
+        chunk = [o for _, o in zip(range(size), it)]
+        if chunk: yield chunk
+
+
+def _cut_by_tokens(order: np.ndarray, L: np.ndarray, bs: int, max_tokens: int, spread: float = 1.25) -> list[np.ndarray]:
+    """`order` cut into consecutive batches of at most `bs` series whose padded size ``len * longest`` stays within
+    `max_tokens` (a series longer than that is a batch alone). A batch also ends before a series more than `spread`
+    times its shortest one: where a pool's lengths jump (log-uniform lengths leave few series per length range), a
+    full budget would otherwise be mostly padding."""
+    batches, start, longest, shortest = [], 0, 0, 0
+    for k, i in enumerate(order):
+        n_new, longest_new = k - start + 1, max(longest, int(L[i]))
+        shortest_new = min(shortest, int(L[i])) if k > start else int(L[i])
+        if k > start and (n_new > bs or n_new * longest_new > max_tokens or longest_new > spread * shortest_new):
+            batches.append(order[start:k]); start, longest_new, shortest_new = k, int(L[i]), int(L[i])
+        longest, shortest = longest_new, shortest_new
+    if len(order) > start: batches.append(order[start:])
+    return batches
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else 1
 
 
 class _KeepPadMask(Pipeline):
@@ -375,7 +463,7 @@ def _encode_labels(y, vocab: CategoryMap | None) -> np.ndarray:
 def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None, batch_tfms=None,
                 max_len: int | None = None, min_len: int = 8, n_values=None, pad_value: float = 0.,
                 bucket: bool = True, shuffle: bool = True, drop_last: bool = False, device=None,
-                path='.', num_workers: int = 0, seed: int | None = None) -> SSLDataLoaders:
+                path='.', num_workers: int = 0, seed: int | None = None, max_tokens: int | None = None) -> SSLDataLoaders:
     """Fastai DataLoaders over fixed- or variable-length series for pretraining (``y=None``) or fine-tuning.
 
     Args:
@@ -389,6 +477,10 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
             ``n_values`` the tasks take. (Class labels are ``y``; their categories become ``dls.vocab``, fastai's meaning.)
         bucket: group series of similar length into batches (little padding, much faster on varied lengths).
         seed: seeds the training order and crops, and torch's global generator (so a model built next is seeded too).
+        max_tokens: token-budget batches: each batch holds as many series as fit ``max_tokens`` padded steps, with
+            ``bs`` (and ``val_bs``) as the most series a batch holds; every series is still seen once per epoch (see
+            `BucketedDL`). For series of very different lengths: a step then costs about the same at every length.
+            ``drop_last`` does not apply; the loaders run in the main process.
 
     Example:
         ```python
@@ -416,7 +508,7 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
                              'move a series of each into the training split.')
     if seed is not None: torch.manual_seed(seed)
     common = dict(max_len=max_len, pad_value=pad_value, bucket=bucket, num_workers=num_workers, device=device,
-                  after_batch=batch_tfms)
+                  after_batch=batch_tfms, max_tokens=max_tokens)
     # fastai seeds a new loader's generator from Python's global `random`, and sets up the batch transforms (e.g.
     # TSStandardize's statistics) on a batch drawn with it inside the constructor: seed that draw too
     py_state = random.getstate()

@@ -155,3 +155,39 @@ def test_checkpoint_saves_the_automatic_fill_value():
     assert torch.equal(fresh.fill_value, task.fill_value)
     x = torch.randn(2, 1, 30) * 100  # another batch would give another automatic fill
     assert torch.equal(fresh._fill_for(x, x, None).flatten(), task.fill_value.flatten())
+
+
+@pytest.mark.parametrize('task', [MoCoPretrain, MaskedValuePretrain, None], ids=['moco', 'masked', 'pseudo-labels'])
+def test_semi_supervised_resume_equals_uninterrupted(task):
+    """Fine-tuning with `SemiSupervised`: the checkpoint also holds its task's head and state (an EMA teacher, MoCo's
+    queue) and where the unlabeled loader is, so the resumed fit ends where the uninterrupted one does."""
+    from tsai_ssl import SemiSupervised
+
+    def learner(extra):
+        set_seed(0, reproducible=True)
+        X, y = ar_counts(32, n_classes=2)
+        Xu, _ = ar_counts(40, seed=3)
+        dls = get_ssl_dls(X, y, splits=(range(24), range(24, 32)), bs=8)
+        dls.train.rng.seed(0)
+        du = get_ssl_dls(Xu, bs=8, drop_last=True, seed=1).train
+        semi = SemiSupervised(task() if task else None, du, weight=1., pseudo_threshold=None if task else 0.)
+        return ts_learner(dls, ResNetPlus, cbs=[semi, *extra]), semi
+
+    ref, ref_semi = learner([Checkpoint('run')])
+    fit_quiet(ref, 4)
+    ref_vals, ref_state = _result(ref)
+    crashed, _ = learner([Checkpoint('run'), RaiseAtEpoch(2)])
+    with pytest.raises(KeyboardInterrupt): fit_quiet(crashed, 4)
+    resumed, semi = learner([Checkpoint('run', resume=True)])
+    set_seed(123)
+    fit_quiet(resumed, 4)
+    vals, state = _result(resumed)
+    assert vals == pytest.approx(ref_vals, rel=1e-6, abs=1e-7)
+    assert all(torch.allclose(state[k].float(), ref_state[k].float(), atol=1e-6) for k in state)
+    if task is not None:
+        a, b = ref_semi.task.pretext_head.state_dict(), semi.task.pretext_head.state_dict()
+        assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    if task is MoCoPretrain:
+        assert torch.allclose(ref_semi.task.queue.keys(), semi.task.queue.keys(), atol=1e-6)
+        ta, tb = ref_semi.task.teacher.state_dict(), semi.task.teacher.state_dict()
+        assert all(torch.allclose(ta[k].float(), tb[k].float(), atol=1e-6) for k in ta)

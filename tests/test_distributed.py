@@ -53,6 +53,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         task = getattr(tsai_ssl, name)(save_as=os.path.join(out_dir, f'bb_{name}'))
         learn = ts_learner(dls, ResNetPlus, cbs=task)
         clf = learn.model
+        if rank == 1 and hasattr(task, 'teacher'):  # models that start apart: DDP syncs the student, the task the teacher
+            from tsai_ssl.backbone import split_backbone
+            with torch.no_grad():
+                for p in split_backbone(clf).parameters(): p.add_(0.05)  # (the classifier head is not pretrained)
         with learn.distrib_ctx(sync_bn=False, cpu=True):
             with learn.no_bar(): learn.fit_one_cycle(2, 1e-3)
         res[name] = dict(values=[[float(v) for v in row] for row in learn.recorder.values],

@@ -87,3 +87,22 @@ def test_teacher_ignores_padding():
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
     assert not batched.requires_grad
     assert not any(m._forward_pre_hooks for m in t.modules())  # the forward's PaddingAware is gone again
+
+
+def test_copy_keeps_other_hooks_weight_norm_in_tcn():
+    "tsai's TCN uses weight norm (a forward pre-hook): the copy keeps it, after a forward with gradients too."
+    from tsai.models.TCN import TCN
+    torch.manual_seed(0)
+    model = TCN(1, 2, layers=[8, 8])
+    model(torch.randn(2, 1, 30)).sum().backward()  # leaves each conv's `weight` with a gradient history
+    bb = split_backbone(model)
+    t = EMATeacher(bb, None)
+    wn = [m for m in t.modules() if hasattr(m, 'weight_g')]
+    assert wn and all(len(m._forward_pre_hooks) == 1 for m in wn)
+    assert all(len(m._forward_pre_hooks) == 1 for m in bb.modules() if hasattr(m, 'weight_g'))  # the student's kept
+    x = torch.randn(3, 1, 30)
+    torch.testing.assert_close(t.eval()(x), bb.eval()(x).detach())  # the same function as the student
+    with torch.no_grad():
+        for p in bb.parameters(): p.mul_(1.5)
+    t.update(bb, 0.)  # momentum 0: the teacher becomes the student, through weight_g / weight_v
+    torch.testing.assert_close(t(x), bb(x).detach())

@@ -8,7 +8,8 @@ The checkpoint (``learn.path/learn.model_dir/<fname>.pth``, written atomically: 
 previous one intact) holds what the rest of the run depends on: the model being trained (during pretraining the
 backbone *and* the pretext head), the optimizer state (Adam moments of both), the epoch, the random states
 (torch, numpy, Python, and the training loader's shuffling generator), the Recorder's history and smoothed loss,
-and the task's state (`PretextTask.state_dict`: best validation loss, masked-value's fill value). A resumed fit
+and the task's state (`PretextTask.state_dict`: best validation loss, masked-value's fill value, an EMA teacher
+and MoCo's queue), also for the task of a `SemiSupervised` callback (with its head). A resumed fit
 skips the finished epochs (the one-cycle schedule restarts at
 the right point, as with fastai's ``start_epoch``) and, on CPU with the same data and seed, ends with the same
 weights and losses as a run that was never interrupted (tested).
@@ -131,6 +132,12 @@ class Checkpoint(Callback):
         task = self._task()
         if task is not None:  # best loss, masked-value's fill value, ...; a version-1 file has the best loss only
             task.load_state_dict(ck.get('task_state') or {'best': ck.get('best')})
+        semi, st = self._semi_task(), ck.get('semi')
+        if st is not None and self._semi() is not None:  # SemiSupervised: its task's head, teacher, queue; its loader
+            if semi is not None and st.get('head') is not None:
+                semi.pretext_head.load_state_dict(_to(st['head'], dev))
+                semi.load_state_dict(st['task'])
+            self._semi().load_loader_state(st.get('loader'))
         if self.start_epoch >= learn.n_epoch:
             warnings.warn(f'The checkpoint {path} is from the last epoch: nothing left to train.', stacklevel=2)
             raise CancelFitException()
@@ -162,6 +169,11 @@ class Checkpoint(Callback):
                   model=_to(dict(learn.model.state_dict()), 'cpu'),
                   opt=dict(hypers=_plain(learn.opt.hypers), state=_to(_plain(learn.opt.state_dict()['state']), 'cpu')),
                   rng=_rng_states(learn))
+        semi = self._semi_task()
+        if self._semi() is not None:
+            ck['semi'] = dict(head=None if semi is None else _to(dict(semi.pretext_head.state_dict()), 'cpu'),
+                              task=None if semi is None else _to(semi.state_dict(), 'cpu'),
+                              loader=_plain(self._semi().loader_state()))
         if rec is not None:
             ck['recorder'] = dict(values=_plain(rec.values), losses=[float(v) for v in rec.losses],
                                   lrs=_plain(rec.lrs), iters=_plain(rec.iters),
@@ -171,6 +183,14 @@ class Checkpoint(Callback):
     # -- helpers -------------------------------------------------------------------------------------------
     def _task(self):
         return next((cb for cb in self.learn.cbs if isinstance(cb, PretextTask) and cb.attached), None)
+
+    def _semi(self):
+        return next((cb for cb in self.learn.cbs if type(cb).__name__ == 'SemiSupervised'), None)
+
+    def _semi_task(self):
+        "The pretext task a `SemiSupervised` callback trains alongside the classifier (None without one)."
+        task = getattr(self._semi(), 'task', None)
+        return task if task is not None and task.pretext_head is not None else None
 
     def _task_name(self) -> str | None:
         t = self._task()

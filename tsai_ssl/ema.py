@@ -15,14 +15,14 @@ Design choices, and why:
 * The teacher is padding-aware like the student (`tsai_ssl.padding.PaddingAware`, installed for each forward), so a
   series' key does not depend on its batch neighbours' lengths.
 * Under DDP every process holds the same student after each step (DDP averages the gradients), so the same update
-  keeps the teachers equal without communication.
+  keeps equal teachers equal without communication; the tasks broadcast rank 0's teacher once, at the first
+  training batch of a fit (`tsai_ssl.tasks.teacher`), since it is copied before DDP broadcasts the student.
 * ``momentum_at(base, pct, 'cosine')`` is BYOL's schedule, from ``base`` at the start of training to 1 at the end.
 """
 from __future__ import annotations
 
 import copy
 import math
-from collections import OrderedDict
 from typing import Iterable
 
 import torch
@@ -49,17 +49,32 @@ def momentum_at(base: float, pct: float, schedule: str = 'constant') -> float:
 
 
 def _copy_without_hooks(m: nn.Module) -> nn.Module:
-    """A deep copy of `m` without the forward hooks and patched forwards its modules carry (the student's
-    `PaddingAware`, gradient checkpointing): copied, they would still act on the student's masks and layers."""
-    saved = []
+    """A deep copy of `m` without what tsai-ssl put on its modules (a `PaddingAware`'s hooks and patched BatchNorm
+    forwards, `MemorySaver`'s checkpointed forwards): copied, they would still act on the student's masks and
+    layers. Hooks of others stay (weight norm in tsai's TCN recomputes the copy's weight from its own parameters);
+    a tensor attribute with a gradient history (that weight, after a forward) is copied detached."""
+    from .padding import _OWNERS
+    saved = []  # (module, what was taken off, to put back)
     for mod in m.modules():
-        saved.append((mod, mod._forward_pre_hooks, mod._forward_hooks, mod.__dict__.pop('forward', None)))
-        mod._forward_pre_hooks, mod._forward_hooks = OrderedDict(), OrderedDict()
+        ours = {h.id for pa in _OWNERS.get(mod, ()) for h in pa._handles}
+        pre = {k: v for k, v in mod._forward_pre_hooks.items() if k in ours}
+        post = {k: v for k, v in mod._forward_hooks.items() if k in ours}
+        for k in pre: del mod._forward_pre_hooks[k]
+        for k in post: del mod._forward_hooks[k]
+        fwd = mod.__dict__.get('forward')
+        if not getattr(fwd, '_tsai_ssl_patch', False): fwd = None
+        else: del mod.__dict__['forward']
+        graph = {k: v for k, v in mod.__dict__.items() if isinstance(v, torch.Tensor) and v.grad_fn is not None}
+        for k, v in graph.items(): mod.__dict__[k] = v.detach()
+        saved.append((mod, pre, post, fwd, graph))
     try: return copy.deepcopy(m)
     finally:
-        for mod, pre, post, fwd in saved:
-            mod._forward_pre_hooks, mod._forward_hooks = pre, post
+        for mod, pre, post, fwd, graph in saved:
+            mod._forward_pre_hooks.update(pre); mod._forward_hooks.update(post)  # ids keep their order (increasing)
+            for d in (mod._forward_pre_hooks, mod._forward_hooks):
+                for k in sorted(d): d.move_to_end(k)
             if fwd is not None: mod.forward = fwd
+            mod.__dict__.update(graph)
 
 
 class EMATeacher(nn.Module):

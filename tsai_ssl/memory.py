@@ -94,6 +94,7 @@ def _checkpointed_forward(block: nn.Module):
         masks = [(pa, pa.pad_mask) for pa in installed(block)]  # the forward's masks, replayed in backward
         ctx = lambda: (contextlib.nullcontext(), _replay(bns, masks))
         return checkpoint(orig, *args, use_reentrant=False, context_fn=ctx, **kwargs)
+    forward._tsai_ssl_patch = True  # a copy of the module must not take it along (`tsai_ssl.ema`)
     return forward
 
 

@@ -154,6 +154,7 @@ class PaddingAware:
             m = self._mask_for(x) if use_batch_stats else None
             if m is None: return orig(x)
             return _masked_batch_norm(bn, x, m)
+        forward._tsai_ssl_patch = True  # a copy of the module must not take it along (`tsai_ssl.ema`)
         return forward
 
 

@@ -47,6 +47,10 @@ from .tasks.base import PretextTask, _in_lr_find, add_to_opt, remove_from_opt
 __all__ = ['SemiSupervised', 'default_strong_aug']
 
 
+def _tuples(o):  # random.setstate needs the nested tuples back (a checkpoint stores lists)
+    return tuple(_tuples(v) for v in o) if isinstance(o, (list, tuple)) else o
+
+
 @contextlib.contextmanager
 def _running_stats_untouched(model: nn.Module):
     """BatchNorm layers normalise with batch statistics but leave their running statistics alone. Two reasons: the
@@ -111,12 +115,14 @@ class SemiSupervised(Callback):
         self.pseudo_threshold, self.pseudo_weight, self.strong_aug = pseudo_threshold, pseudo_weight, strong_aug
         self._it, self._pa, self._ctx, self._n_opt, self._head_state = None, None, None, None, {}
         self._model, self._lr_find_head, self._dl = None, None, unlabeled
+        self._pass_rng, self._pos, self._resume = None, 0, None
         self.pretext_loss = None  # the last training batch's pretext loss (a float), for logging
         self.pseudo_loss = self.pseudo_share = None  # the last batch's pseudo-label loss and share above the threshold
 
     def before_fit(self):
         self.after_fit()  # left over from a fit that ended in an exception (fastai then runs no after_fit)
         self._dl = DistributedDL(self.unlabeled) if _dist_world_size() > 1 else self.unlabeled
+        self._resume = None
         self._guard_epochs()
         if self.task is not None: self._set_up_task()
 
@@ -147,16 +153,39 @@ class SemiSupervised(Callback):
                               else None)
 
     def _next_batch(self):
-        if self._it is None: self._it = iter(self._dl)
-        try: return next(self._it)
+        if self._it is None: self._start_pass()
+        try: b = next(self._it)
         except StopIteration:
-            self._it = iter(self._dl)
-            return next(self._it)
+            self._start_pass()
+            b = next(self._it)
+        self._pos += 1
+        return b
+
+    def _start_pass(self, rng_state=None, skip: int = 0):
+        "A new pass over the unlabeled loader (from a saved shuffling state, `skip` batches in, when resuming)."
+        dl = getattr(self._dl, 'dl', self._dl)  # DistributedDL shuffles with the loader it wraps
+        if rng_state is not None: dl.rng.setstate(rng_state)
+        self._pass_rng, self._pos = dl.rng.getstate(), 0
+        self._it = iter(self._dl)
+        for _ in range(skip): next(self._it); self._pos += 1
+
+    def loader_state(self) -> dict | None:
+        "Where the unlabeled loader is (shuffling state of this pass, batches taken), for `Checkpoint`."
+        return None if self._it is None else dict(rng=self._pass_rng, pos=self._pos)
+
+    def load_loader_state(self, st: dict | None) -> None:
+        "Continue the unlabeled loader where `loader_state` was taken (the next fit's first batch follows)."
+        self._resume = st
 
     def after_loss(self):
         pseudo = self.pseudo_threshold is not None and self.pseudo_weight > 0
         if not self.training or not ((self.task is not None and self.weight > 0) or pseudo): return
         dl = self._dl
+        if self._resume is not None:  # a resumed Checkpoint run: the unlabeled batches of the interrupted one
+            st, self._resume = self._resume, None
+            # torch's DataLoader draws a seed from the global generator for each new iterator: the interrupted run
+            # drew it at the start of this pass, before the checkpoint's random state was taken
+            with torch.random.fork_rng(devices=[]): self._start_pass(_tuples(st['rng']), st['pos'])
         b = self._next_batch()
         x = b[0] if isinstance(b, (tuple, list)) else b
         dev = next(self.learn.model.parameters()).device
@@ -218,3 +247,4 @@ class SemiSupervised(Callback):
             head, state = self._lr_find_head
             self.task.pretext_head.load_state_dict(head); self.task.load_state_dict(state)
         self._lr_find_head, self._it = None, None
+        if self.task is not None: self.task.__dict__.pop('series_index', None)  # the unlabeled batch's lookup

@@ -81,6 +81,9 @@ class KeyQueue:
         return dict(buf=self.buf.clone(), ids=self.ids.clone(), ptr=self.ptr, n=self.n)
 
     def load_state_dict(self, st: dict) -> None:
+        if tuple(st['buf'].shape) != (self.size, self.dim):
+            raise ValueError(f'The saved queue holds {tuple(st["buf"].shape)} keys; this one is ({self.size}, {self.dim}): '
+                             'resume with the same queue_size and proj_dim.')
         dev = self.buf.device
         self.buf, self.ids, self.ptr, self.n = st['buf'].to(dev), st['ids'].to(dev), int(st['ptr']), int(st['n'])
 

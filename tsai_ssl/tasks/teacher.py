@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..ema import EMATeacher, momentum_at
+from ..losses import _dist_world_size as _world_size
 from .base import _in_lr_find
 from .contrastive import default_view_augs
 from .two_view import TwoViewTask
@@ -49,7 +50,7 @@ class TeacherTask(TwoViewTask):
         momentum_at(momentum, 0., momentum_schedule)  # checks both
         self.momentum, self.momentum_schedule = momentum, momentum_schedule
         self.teacher: EMATeacher | None = None
-        self._pending_teacher, self._lr_find_state = None, None
+        self._pending_teacher, self._lr_find_state, self._synced = None, None, False
 
     def default_augs(self) -> list: return default_view_augs()
 
@@ -66,19 +67,30 @@ class TeacherTask(TwoViewTask):
         self.teacher = EMATeacher(self.pretext_backbone, self.teacher_head(head), pad_aware=self.pad_aware)
         if self._pending_teacher is not None:
             self.teacher.load_state_dict(self._pending_teacher); self._pending_teacher = None
+        self._synced = False  # SemiSupervised makes the head (and the teacher) without a before_fit of the task
         return head
 
     def make_batch(self, x, pad_mask, raw, generator):
         xb, yb = super().make_batch(x, pad_mask, raw, generator)
         t = self.teacher
         if next(t.parameters()).device != xb[0].device: t.to(xb[0].device)
-        t.train(self._student_training())
+        training = self._student_training()
+        if training and not self._synced and torch.is_grad_enabled(): self._sync_teacher()
+        t.train(training)
         return xb, (*yb, t(*xb))  # (2bs, d): the teacher's outputs on [views 1; views 2]
 
     def _student_training(self) -> bool:
-        learn = getattr(self, 'learn', None)
-        model = getattr(learn, 'model', None)
-        return bool(model.training) if model is not None else True
+        "The student's mode: that of its backbone's layers (eval inside `pretext_batch`, whatever the classifier's)."
+        first = next(iter(self.pretext_backbone.children()), None) if self.pretext_backbone is not None else None
+        return bool(first.training) if first is not None else True
+
+    def _sync_teacher(self) -> None:
+        """Under DDP, rank 0's teacher on every process, once per fit at the first training batch: the teacher was
+        copied before DDP broadcast rank 0's student, so processes whose models started apart would keep apart
+        teachers (the EMA only shrinks the gap by the momentum per step)."""
+        self._synced = True
+        if _world_size() < 2: return
+        for v in self.teacher.state_dict().values(): torch.distributed.broadcast(v, 0)
 
     def optimizer_stepped(self) -> None:
         m = momentum_at(self.momentum, float(getattr(self.learn, 'pct_train', 0.)), self.momentum_schedule)
@@ -87,6 +99,7 @@ class TeacherTask(TwoViewTask):
     # -- fit lifecycle -------------------------------------------------------------------------------------
     def before_fit(self):
         super().before_fit()
+        self._synced = False
         self._lr_find_state = copy.deepcopy(self.state_dict()) if _in_lr_find(self.learn) else None
 
     def _restore(self):

@@ -8,8 +8,8 @@ reconstructs the series from it.
 
 Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014. Choices, and why:
 
-* **One latent per series**, from the padding-aware mean of the backbone's features over the real steps (the same
-  pooling the classifier's head reads), not one per step: a per-step latent next to the step it encodes can copy its
+* **One latent per series**, from the padding-aware mean of the backbone's features over the real steps (the
+  pooling of tsai's average-pool heads), not one per step: a per-step latent next to the step it encodes can copy its
   input, and what the classifier needs is a summary of the whole series.
 * **The decoder sees only the latent and where it is in the series** (Fourier features of the relative position
   ``t / (n - 1)``, so every length decodes on the same scale), through a per-step MLP. It cannot look at neighbouring
@@ -21,7 +21,8 @@ Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014. Choices, and why
 * **Loss**: the negative ELBO per real value, ``(sum of per-value NLL + beta * KL) / real values``, padded steps
   excluded. ``beta`` rises linearly from 0 over the first ``kl_warmup`` of the fit (KL annealing, Bowman et al.
   2016), and each latent dimension's KL counts at least ``free_bits`` nats (Kingma et al. 2016): two guards against
-  posterior collapse. Validation uses the full ``beta`` and the posterior mean, so its loss compares across epochs.
+  posterior collapse. Validation uses the full ``beta`` and the posterior mean (and still counts the free bits), so
+  its loss compares across epochs; with ``free_bits > 0`` it bounds the negative ELBO from above rather than equals it.
 * Metrics: ``recon_nll`` (per value) and ``kl`` (nats per series); a ``kl`` near 0 means the latent is unused.
 """
 from __future__ import annotations
@@ -45,26 +46,27 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar)
 
 
-def negative_elbo(nll: torch.Tensor, kl: torch.Tensor, n_values: torch.Tensor | float, beta: float = 1.,
+def negative_elbo(nll: torch.Tensor, kl: torch.Tensor, n_real: torch.Tensor | float, beta: float = 1.,
                   free_bits: float = 0.) -> torch.Tensor:
-    """``(sum(nll) + beta * bs * sum_d max(mean_i kl[i, d], free_bits)) / n_values``.
+    """``(sum(nll) + beta * bs * sum_d max(mean_i kl[i, d], free_bits)) / n_real``: the negative ELBO per real value
+    when ``beta=1`` and ``free_bits=0``.
 
     Args:
         nll: per-value negative log-likelihoods at the real steps (any shape; padded ones already 0).
         kl: per-series, per-dimension KL ``(bs, d)`` (`gaussian_kl`).
-        n_values: the number of real values the NLL sums over.
+        n_real: the number of real (not padded) values the NLL sums over.
         beta: weight of the KL term.
         free_bits: the least KL, in nats, a latent dimension counts for (the batch mean per dimension, clamped).
 
     Example:
         ```python
         kl = gaussian_kl(torch.zeros(2, 4), torch.zeros(2, 4))      # 0: the prior itself
-        negative_elbo(torch.ones(2, 10), kl, n_values=20)           # 1.0
+        negative_elbo(torch.ones(2, 10), kl, n_real=20)             # 1.0
         ```
     """
     per_dim = kl.mean(0)
     if free_bits > 0: per_dim = per_dim.clamp_min(free_bits)
-    return (nll.sum() + beta * kl.shape[0] * per_dim.sum()) / n_values
+    return (nll.sum() + beta * kl.shape[0] * per_dim.sum()) / n_real
 
 
 def _positions(pad_mask: torch.Tensor | None, bs: int, L: int, n_freq: int, device) -> torch.Tensor:
@@ -148,7 +150,7 @@ class VAEPretrain(PretextTask):
     def make_batch(self, x, pad_mask, raw, generator):
         mask = pad_mask if pad_mask is not None else torch.ones(x.shape[0], x.shape[-1], dtype=torch.bool, device=x.device)
         tgt = x if self.n_values is None else check_n_values(raw, pad_mask, self.n_values, self.series_index)
-        return (x, pad_mask, pad_mask), (tgt, mask)
+        return (x, pad_mask, mask), (tgt, mask)  # the head gets a mask always: it fixes the decoded length
 
     def current_beta(self) -> float:
         "beta at this point of the fit: warming up during training, the full value in validation."

@@ -49,7 +49,8 @@ def load_set(name: str, seed: int = 0):
 def budget_key(a) -> str:
     "What the cached cells depend on besides set, method, fraction and seed."
     return (f"{a.arch}-nf{a.nf}-ft{a.steps}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}-len{a.max_len or 0}"
-            f"-semi{a.semi_weight:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else ''))
+            f"-semi{a.semi_weight:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else '')
+            + (f"-ptbs{a.pretrain_bs}" if a.pretrain_bs and a.pretrain_bs != a.bs else ''))
 
 
 def read_cache() -> list[dict]:
@@ -77,12 +78,13 @@ def run(a) -> None:
 
             def weights_for(task: str) -> Path:  # pretrain once per set, task, seed and pretraining budget
                 if task not in weights:
-                    w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}-nf{a.nf}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}" \
+                    w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}-nf{a.nf}-pt{a.pretrain_steps}-bs{a.pretrain_bs or a.bs}-lr{a.lr:g}" \
                                          f"-len{a.max_len or 0}{'-stdseries' if a.standardize == 'series' else ''}.pth"
                     if not w.exists():  # written under another name first: an interrupted run leaves no weights
                         t0, tmp = time.time(), w.with_name('partial_' + w.name)
-                        if task == MVP: pretrain_mvp(X_pre, cs, path=tmp)
-                        else: pretrain(X_pre, task, cs, path=tmp)
+                        cp = cs.replace(bs=a.pretrain_bs) if a.pretrain_bs else cs
+                        if task == MVP: pretrain_mvp(X_pre, cp, path=tmp)
+                        else: pretrain(X_pre, task, cp, path=tmp)
                         tmp.with_name(tmp.name + '.json').replace(w.with_name(w.name + '.json'))
                         tmp.replace(w)
                         print(f'  pretrained {task} on {name} seed {seed} in {time.time() - t0:.0f} s', file=sys.stderr)
@@ -152,6 +154,7 @@ def main(argv=None):
     p.add_argument('--steps', type=int, default=500, help='fine-tuning (and scratch) optimizer steps')
     p.add_argument('--pretrain-steps', type=int, default=1000)
     p.add_argument('--bs', type=int, default=16)
+    p.add_argument('--pretrain-bs', type=int, default=0, help='pretraining batch size (0: --bs); fine-tuning keeps --bs')
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--max-len', type=int, default=0, help='training crop (0: full length)')
     p.add_argument('--semi-weight', type=float, default=1.0)

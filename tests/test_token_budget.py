@@ -93,10 +93,82 @@ def test_every_task_trains_on_token_budget_batches():
         assert all(np.isfinite(v) for v in learn.recorder.values[-1][:2]), Task.__name__
 
 
-def test_distributed_use_says_it_is_not_supported(monkeypatch):
-    dl = get_ssl_dls(_loguniform(10), bs=4, max_tokens=5000, seed=0).train
-    monkeypatch.setattr(D, '_world_size', lambda: 2)
-    with pytest.raises(RuntimeError, match='not supported yet.*fixed bs'): dl.get_idxs()
+# ----------------------------------------------------------------------------------------------------
+# two processes (fastai's DistributedDL, gloo)
+# ----------------------------------------------------------------------------------------------------
+def test_distributed_order_gives_each_process_whole_batches(monkeypatch):
+    "The order DistributedDL slices: equal shares, each a whole number of batches, as many on every process."
+    plan = [np.array([0, 1, 2]), np.array([3]), np.array([4, 5]), np.array([6, 7, 8, 9]), np.array([10])]
+    split = D._split_to_multiple(plan, 2)
+    assert len(split) == 6 and sorted(int(i) for b in split for i in b) == list(range(11))  # no series twice
+    order = D._distributed_order(split, 2)
+    half = len(order) // 2
+    assert len(order) % 2 == 0
+    for share, mine in zip((order[:half], order[half:]), (split[0::2], split[1::2])):
+        assert share.count(D._END) == 3 and [i for i in share if i >= 0] == [int(i) for b in mine for i in b]
+    assert len(D._split_to_multiple([np.array([0]), np.array([1]), np.array([2])], 2)) == 4  # singletons: repeat
+
+
+WORLD = 2
+
+
+def _ddp_worker(rank, port, out_dir):
+    import json
+    import os
+    import sys
+
+    import torch
+    os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    if sys.platform.startswith('linux'): os.environ.setdefault('GLOO_SOCKET_IFNAME', 'lo')
+    torch.set_num_threads(1)
+    import warnings
+    warnings.filterwarnings('ignore')
+    from fastai.distributed import DistributedDL
+    from tsai.learner import ts_learner
+    from tsai.models.ResNetPlus import ResNetPlus
+
+    from tsai_ssl import MaskedValuePretrain, get_ssl_dls
+
+    def broadcast_cpu(self, t, src):  # fastai broadcasts a CUDA tensor (NCCL); gloo takes a CPU one
+        t = torch.LongTensor(t)
+        torch.distributed.broadcast(t, src)
+        return t.tolist()
+    DistributedDL._broadcast = broadcast_cpu
+    torch.distributed.init_process_group('gloo')
+    X = _loguniform(60, lo=64, hi=2000, seed=0)
+    dls = get_ssl_dls(X, splits=(range(48), range(48, 60)), bs=16, max_tokens=4000, seed=0)
+    ddl = DistributedDL(dls.train)
+    res = dict(len=len(ddl), epochs=[])
+    for _ in range(2):
+        res['epochs'].append([(b[0].shape[0], b[0].shape[-1], dls.train.batch_idxs.tolist()) for b in ddl])
+    learn = ts_learner(get_ssl_dls(X, splits=(range(48), range(48, 60)), bs=16, max_tokens=4000, seed=0, drop_last=True),
+                       ResNetPlus, nf=8, cbs=MaskedValuePretrain())
+    with learn.distrib_ctx(sync_bn=False, cpu=True):
+        with learn.no_bar(), learn.no_logging(): learn.fit(1)
+    res['fit'] = [float(v) for v in learn.recorder.values[-1][:2]]
+    with open(os.path.join(out_dir, f'rank{rank}.json'), 'w') as f: json.dump(res, f)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_token_budgets_under_two_processes(tmp_path):
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+    with socket.socket() as sk:
+        sk.bind(('127.0.0.1', 0)); port = sk.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(port, str(tmp_path)), nprocs=WORLD, join=True)
+    r0, r1 = (json.loads((tmp_path / f'rank{r}.json').read_text()) for r in range(WORLD))
+    for e in range(2):
+        b0, b1 = r0['epochs'][e], r1['epochs'][e]
+        assert len(b0) == len(b1) == r0['len'] == r1['len']  # the same number of batches: no process waits forever
+        seen = [i for _, _, ids in b0 + b1 for i in ids]
+        assert sorted(seen) == list(range(48))  # every training series once, on one process
+        assert all(n <= 16 and (n * L <= 4000 or n == 1) for n, L, _ in b0 + b1)
+    assert r0['epochs'][0] != r0['epochs'][1]
+    assert r0['fit'] == pytest.approx(r1['fit'], rel=1e-6) and all(v == v for v in r0['fit'])
 
 
 def test_bad_budget():

@@ -186,7 +186,8 @@ class BucketedDL(TfmdDL):
     (``len(batch) * longest <= max_tokens``), at most ``bs``; a series longer than the budget is a batch alone. Series
     are ordered as above (shuffled pools sorted by length, batches shuffled) and then cut greedily, so every series
     is seen once per epoch and a batch of 512-step series holds many more than one of 30720-step series: the cost of
-    a step stays about the same across lengths. The loader runs in the main process (``num_workers=0``).
+    a step stays about the same across lengths. The loader runs in the main process (``num_workers=0``). Under
+    fastai's `DistributedDL` every process gets whole batches of one plan, as many as every other process.
 
     While a batch is processed the loader keeps ``pad_mask`` (see the module docstring), ``raw_input`` and
     ``batch_idxs`` (the dataset index of each batch item, for error messages that point into the user's data).
@@ -216,7 +217,10 @@ class BucketedDL(TfmdDL):
         return super().new(dataset, cls, **kwargs)
 
     @property
-    def _budget(self) -> bool: return bool(self.max_tokens) and not self.exact
+    def _budget(self) -> bool:
+        # under DDP an unshuffled (validation) loader keeps fixed batches: fastai's DistributedDL counts the items it
+        # hands out to un-pad gathered predictions, which the batch markers of a distributed plan would upset
+        return bool(self.max_tokens) and not self.exact and (self.shuffle or _world_size() == 1)
 
     def __len__(self):
         if self.exact: return len(self._exact_sizes())
@@ -227,7 +231,7 @@ class BucketedDL(TfmdDL):
             if self.shuffle:
                 probe = random.Random(); probe.setstate(self.rng.getstate())
                 nxt = random.Random(probe.randint(0, 2 ** 32 - 1))  # what fastai's randomize() does
-            return len(self._plan(nxt))
+            return len(_split_to_multiple(self._plan(nxt), _world_size()))
         return super().__len__()
 
     def _exact_sizes(self) -> list[int]:
@@ -247,8 +251,13 @@ class BucketedDL(TfmdDL):
 
     def chunkify(self, b):
         if self.exact: return _equal_length_chunks(b, self._cap)
-        if self._budget: return _sized_chunks(b, self._sizes)
+        if self._budget: return _marked_chunks(b) if _world_size() > 1 else _sized_chunks(b, self._sizes)
         return super().chunkify(b)
+
+    def do_item(self, s):
+        if s == _END: return _BATCH_END  # the markers of a distributed token-budget order
+        if s == _SKIP: return None      # (fastai drops None items)
+        return super().do_item(s)
 
     def after_iter(self):
         super().after_iter()
@@ -275,11 +284,9 @@ class BucketedDL(TfmdDL):
         L = self.effective_lengths()
         if self.exact: return [int(i) for i in np.argsort(L, kind='stable')]  # equal lengths next to each other
         if self._budget:
-            if _world_size() > 1:
-                raise RuntimeError('Token-budget batches (max_tokens) under learn.distrib_ctx() are not supported yet: '
-                                   'the processes would run different numbers of batches. Use a fixed bs there.')
-            plan = self._plan(self.rng)
+            plan = _split_to_multiple(self._plan(self.rng), _world_size())
             self._sizes = [len(b) for b in plan]
+            if _world_size() > 1: return _distributed_order(plan, _world_size())
             return [int(i) for b in plan for i in b]
         if not self.bucket: return super().get_idxs()
         if not self.shuffle: return list(np.argsort(L, kind='stable'))
@@ -371,18 +378,66 @@ def _sized_chunks(items, sizes):
 
 def _cut_by_tokens(order: np.ndarray, L: np.ndarray, bs: int, max_tokens: int, spread: float = 1.25) -> list[np.ndarray]:
     """`order` cut into consecutive batches of at most `bs` series whose padded size ``len * longest`` stays within
-    `max_tokens` (a series longer than that is a batch alone). A batch also ends before a series more than `spread`
-    times its shortest one: where a pool's lengths jump (log-uniform lengths leave few series per length range), a
-    full budget would otherwise be mostly padding."""
+    `max_tokens` (a series longer than that is a batch alone). A batch of two or more also ends before a series more
+    than `spread` times its shortest one: where a pool's lengths jump (log-uniform lengths leave few series per length
+    range), a full budget would otherwise be mostly padding; a series is left alone only where the budget says so
+    (contrastive losses and BatchNorm need two)."""
     batches, start, longest, shortest = [], 0, 0, 0
     for k, i in enumerate(order):
         n_new, longest_new = k - start + 1, max(longest, int(L[i]))
         shortest_new = min(shortest, int(L[i])) if k > start else int(L[i])
-        if k > start and (n_new > bs or n_new * longest_new > max_tokens or longest_new > spread * shortest_new):
+        too_spread = longest_new > spread * shortest_new and n_new > 2  # a batch of one series only where it must be
+        if k > start and (n_new > bs or n_new * longest_new > max_tokens or too_spread):
             batches.append(order[start:k]); start, longest_new, shortest_new = k, int(L[i]), int(L[i])
         longest, shortest = longest_new, shortest_new
     if len(order) > start: batches.append(order[start:])
     return batches
+
+
+_END, _SKIP = -1, -2  # in a distributed token-budget order: "this batch ends here" and "nothing (padding)"
+
+
+class _BatchEnd:
+    "The item the end marker becomes: `_marked_chunks` cuts a batch there."
+
+
+_BATCH_END = _BatchEnd()
+
+
+def _marked_chunks(items):
+    "Items cut into batches at the end markers (a distributed token-budget order; `_distributed_order`)."
+    chunk = []
+    for o in items:
+        if o is _BATCH_END:
+            if chunk: yield chunk
+            chunk = []
+        else: chunk.append(o)
+    if chunk: yield chunk
+
+
+def _split_to_multiple(plan: list[np.ndarray], world: int) -> list[np.ndarray]:
+    """The plan with its largest batches split in two until the batch count is a multiple of `world` (every process
+    then runs the same number of batches; no series is repeated). Batches of one series cannot be split: then the
+    first batches are repeated, as fastai's `DistributedDL` repeats indices."""
+    plan = list(plan)
+    while world > 1 and len(plan) % world:
+        k = max(range(len(plan)), key=lambda j: len(plan[j]))
+        if len(plan[k]) < 2:
+            plan += plan[:world - len(plan) % world]
+            break
+        half = len(plan[k]) // 2
+        plan[k:k + 1] = [plan[k][:half], plan[k][half:]]
+    return plan
+
+
+def _distributed_order(plan: list[np.ndarray], world: int) -> list[int]:
+    """The index order for fastai's `DistributedDL`, which hands each process one contiguous, equal share: batch j
+    goes to process j % world, each process's batches end with an end marker, and the shares are padded to one length
+    with skip markers, so each process cuts exactly its own batches, as many as every other process."""
+    shares = [[] for _ in range(world)]
+    for j, b in enumerate(plan): shares[j % world] += [int(i) for i in b] + [_END]
+    n = max(len(sh) for sh in shares)
+    return [i for sh in shares for i in sh + [_SKIP] * (n - len(sh))]
 
 
 def _world_size() -> int:
@@ -480,7 +535,8 @@ def get_ssl_dls(X, y=None, splits=None, bs: int = 64, val_bs: int | None = None,
         max_tokens: token-budget batches: each batch holds as many series as fit ``max_tokens`` padded steps, with
             ``bs`` (and ``val_bs``) as the most series a batch holds; every series is still seen once per epoch (see
             `BucketedDL`). For series of very different lengths: a step then costs about the same at every length.
-            ``drop_last`` does not apply; the loaders run in the main process.
+            ``drop_last`` does not apply; the loaders run in the main process; under ``learn.distrib_ctx()`` the
+            validation loader keeps fixed batches.
 
     Example:
         ```python

@@ -275,6 +275,46 @@ def test_hierarchical_validation():
     with pytest.raises(ValueError):
         hierarchical_contrastive_loss(torch.randn(2, 3, 4), torch.randn(2, 3, 4), mask=torch.ones(2, 4, dtype=torch.bool))
 
+
+def ref_temporal_at(z1, z2, m, anchors):
+    """`ref_temporal` with only the given timesteps as anchors (every valid step stays a negative)."""
+    B, T, _ = z1.shape
+    terms = []
+    for i in range(B):
+        valid = [t for t in range(T) if m[i, t]]
+        for t in anchors:
+            if not m[i, t]: continue
+            negs = [z1[i, s] for s in valid if s != t] + [z2[i, s] for s in valid if s != t]
+            if not negs: continue
+            terms.append(_info_nce(z1[i, t], z2[i, t], negs))
+            terms.append(_info_nce(z2[i, t], z1[i, t], negs))
+    return torch.stack(terms).mean() if terms else z1.new_zeros(())
+
+
+@pytest.mark.parametrize("K", [1, 5, 16])
+def test_sampled_temporal_anchors_match_reference(K):
+    g = torch.Generator().manual_seed(K)
+    z1, z2 = torch.randn(3, 20, 4, generator=g, dtype=DT), torch.randn(3, 20, 4, generator=g, dtype=DT)
+    m = torch.ones(3, 20, dtype=torch.bool)
+    m[1, 15:] = False
+    m[2, :3] = False
+    got = L._temporal_loss(z1, z2, m, anchors=K, generator=torch.Generator().manual_seed(7))
+    t = torch.randperm(20, generator=torch.Generator().manual_seed(7))[:K].tolist()
+    torch.testing.assert_close(got, ref_temporal_at(z1, z2, m, t))
+    torch.testing.assert_close(L._temporal_loss(z1, z2, m, anchors=20), ref_temporal(z1, z2, m))  # all: exact
+
+
+def test_sampled_anchors_estimate_the_full_loss():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(4, 128, 8, generator=g), torch.randn(4, 128, 8, generator=g)
+    full = hierarchical_contrastive_loss(z1, z2)
+    est = torch.stack([hierarchical_contrastive_loss(z1, z2, anchors=16, generator=torch.Generator().manual_seed(i))
+                       for i in range(300)])
+    assert abs(float(est.mean() - full)) < 4 * float(est.std()) / 300 ** 0.5 + 1e-4  # unbiased within noise
+    assert hierarchical_contrastive_loss(z1, z2, anchors=128).item() == pytest.approx(full.item())
+    with pytest.raises(ValueError, match="anchors"): hierarchical_contrastive_loss(z1, z2, anchors=0)
+
+
 # ----------------------------------------------------------------------------- MoCo
 
 @pytest.mark.parametrize("bs", [1, 3, 8])

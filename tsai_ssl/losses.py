@@ -246,14 +246,33 @@ def _instance_loss(z1: torch.Tensor, z2: torch.Tensor, m: torch.Tensor) -> torch
     return total / count.clamp(min=1)
 
 
-def _temporal_loss(z1: torch.Tensor, z2: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Contrast timesteps against each other within every series (TS2Vec's temporal loss)."""
+def _temporal_loss(z1: torch.Tensor, z2: torch.Tensor, m: torch.Tensor, anchors: int | None = None,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Contrast timesteps against each other within every series (TS2Vec's temporal loss).
+
+    ``anchors``: score only that many anchor timesteps (the same uniform sample for every series, both views),
+    each against every valid step: ``(B, 2K, 2T)`` similarities instead of ``(B, 2T, 2T)``. Every step is an anchor
+    with the same probability, so the expected sum over the sampled anchors is K/T times the full sum."""
     T = z1.shape[1]
     z = torch.cat([z1, z2], dim=1)                            # (B, 2T, d)
-    sim = z @ z.transpose(1, 2)                               # (B, 2T, 2T)
     valid = torch.cat([m, m], dim=1)                          # (B, 2T)
-    total, count = _masked_info_nce(sim, valid, T)
-    return total / count.clamp(min=1)
+    if anchors is None or anchors >= T:
+        sim = z @ z.transpose(1, 2)                           # (B, 2T, 2T)
+        total, count = _masked_info_nce(sim, valid, T)
+        return total / count.clamp(min=1)
+    dev = generator.device if generator is not None else z.device
+    t = torch.randperm(T, generator=generator, device=dev)[:anchors].to(z.device)  # (K,)
+    rows = torch.cat([t, t + T])                              # anchors z1[t], z2[t]
+    sim = z[:, rows] @ z.transpose(1, 2)                      # (B, 2K, 2T)
+    neg = torch.finfo(sim.dtype).min
+    K = t.shape[0]
+    own = torch.zeros(2 * K, 2 * T, dtype=torch.bool, device=z.device)
+    own[torch.arange(2 * K, device=z.device), rows] = True    # an anchor is not its own negative
+    logits = sim.masked_fill_(own | ~valid[:, None, :], neg)
+    pos = torch.cat([t + T, t])                               # z1[t] <-> z2[t]
+    lp = -F.cross_entropy(logits.reshape(-1, 2 * T), pos.repeat(z.shape[0]), reduction='none').view(z.shape[0], 2 * K)
+    counted = valid[:, rows] & (valid.sum(-1, keepdim=True) - 2 > 0)
+    return -(lp * counted).sum() / counted.sum().clamp(min=1)
 
 
 def _masked_max_pool(z: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,6 +294,8 @@ def hierarchical_contrastive_loss(
     alpha: float = 0.5,
     temporal_unit: int = 0,
     mask: torch.Tensor | None = None,
+    anchors: int | None = None,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Hierarchical contrastive loss of TS2Vec (Yue et al., AAAI 2022).
 
@@ -307,19 +328,28 @@ def hierarchical_contrastive_loss(
     TS2Vec's.
 
     Cost: the temporal term builds ``(B, 2T, 2T)`` similarities; crop long series
-    first (TS2Vec caps training length at 3000).
+    first (TS2Vec caps training length at 3000), or pass ``anchors``: at every level
+    longer than that, the temporal term scores a uniform sample of ``anchors`` timesteps
+    (the same for every series and both views) against all valid steps, ``(B, 2K, 2T)``,
+    and averages over the sampled valid anchors. Each step is sampled with the same
+    probability, so the sampled mean estimates the full mean (exactly so in expectation
+    when every step is valid); the instance-wise term is always exact.
 
     Args:
         z1, z2: ``(B, T, d)`` aligned representations.
         alpha: weight of the instance-wise term (``1 - alpha`` for the temporal term).
         temporal_unit: first hierarchy level (0 = original resolution) with a temporal term.
         mask: optional ``(B, T)`` bool, ``True`` at valid timesteps.
+        anchors: temporal anchors sampled per level (None: every step, the exact loss).
+        generator: for the anchor sample (validation: a fixed one, so losses compare across epochs).
 
     Returns:
         Scalar loss.
     """
     if z1.shape != z2.shape or z1.ndim != 3:
         raise ValueError(f"z1 and z2 must both be (B, T, d), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if anchors is not None and anchors < 1:
+        raise ValueError(f"anchors must be >= 1 or None, got {anchors}")
     if mask is None:
         mask = torch.ones(z1.shape[:2], dtype=torch.bool, device=z1.device)
     elif mask.shape != z1.shape[:2]:
@@ -335,7 +365,7 @@ def hierarchical_contrastive_loss(
             levels += 1
             break
         if levels >= temporal_unit and alpha != 1:
-            loss = loss + (1 - alpha) * _temporal_loss(z1, z2, mask)
+            loss = loss + (1 - alpha) * _temporal_loss(z1, z2, mask, anchors, generator)
         levels += 1
         z1, m1 = _masked_max_pool(z1, mask)
         z2, _ = _masked_max_pool(z2, mask)

@@ -5,8 +5,10 @@
 Two overlapping crops of each series (`tsai_ssl.augment.overlapping_crops`), per-timestep representations from a
 1x1-convolution projection, aligned on the overlap and contrasted instance-wise and temporally across a
 max-pooling hierarchy (`tsai_ssl.losses.hierarchical_contrastive_loss`), with the padding mask of the overlaps.
-The temporal term builds ``(bs, 2T, 2T)`` similarities at every level, so long series are first cut to a random
-``window`` of 3000 steps, as in TS2Vec. The crops are the layout augmentation; only value augmentations may be
+The temporal term would build ``(bs, 2T, 2T)`` similarities at every level; it scores ``anchors`` (256) sampled
+steps per level against all steps instead (``(bs, 2K, 2T)``, an estimate of the full term, see
+`tsai_ssl.losses.hierarchical_contrastive_loss`), and long series are first cut to a random ``window`` of 3000
+steps, as in TS2Vec. The crops are the layout augmentation; only value augmentations may be
 added (default: ``Scaling(0.1)``, ``Jitter(0.03)``).
 """
 from __future__ import annotations
@@ -49,6 +51,9 @@ class TS2VecPretrain(TwoViewTask):
         alpha: weight of the instance-wise term (1 - alpha: temporal).
         temporal_unit: first hierarchy level with a temporal term.
         min_overlap: minimum overlap of the two crops as a fraction of each series.
+        anchors: score the temporal term on this many sampled anchor steps per level (against all steps), which
+            makes its cost linear in the length instead of quadratic; None: every step (the exact loss). See
+            `tsai_ssl.losses.hierarchical_contrastive_loss`.
         window: first cut every series longer than this to a random window (None: no cut).
         save_as: see `PretextTask`.
         save: see `PretextTask`.
@@ -66,8 +71,8 @@ class TS2VecPretrain(TwoViewTask):
 
     def __init__(self, augs: Sequence[Callable] | Callable | None = None, proj_dim: int = 128,
                  hidden: int | None = None, alpha: float = 0.5, temporal_unit: int = 0, min_overlap: float = 0.,
-                 window: int | None = 3000, save_as: str | Path | None = None, save: str = 'best', seed: int = 0,
-                 pad_aware: bool = True):
+                 window: int | None = 3000, anchors: int | None = 256, save_as: str | Path | None = None,
+                 save: str = 'best', seed: int = 0, pad_aware: bool = True):
         super().__init__(augs=augs, window=window, save_as=save_as, save=save, seed=seed, pad_aware=pad_aware)
         if getattr(self.aug, 'changes_layout', False):
             raise ValueError('TS2Vec views are overlapping crops made by the task: pass only layout-preserving '
@@ -76,12 +81,15 @@ class TS2VecPretrain(TwoViewTask):
         if temporal_unit < 0: raise ValueError(f'temporal_unit must be >= 0, got {temporal_unit}')
         self.proj_dim, self.hidden, self.alpha = proj_dim, hidden, alpha
         self.temporal_unit, self.min_overlap = temporal_unit, min_overlap
+        if anchors is not None and anchors < 1: raise ValueError(f'anchors must be >= 1 or None, got {anchors}')
+        self.anchors, self._loss_gen = anchors, None
 
     def default_augs(self) -> list: return [Scaling(0.1), Jitter(0.03)]
 
     def make_head(self, nf, c_in): return TimestepProjectionHead(nf, self.hidden, self.proj_dim)
 
     def views(self, x, pad_mask, generator):
+        self._loss_gen = generator  # validation's fixed generator: the same anchors every epoch
         x1, m1, x2, m2, ov = overlapping_crops(x, pad_mask, self.min_overlap, 2 ** (self.temporal_unit + 1), generator)
         x1, m1 = self.aug(x1, m1, generator=generator)
         x2, m2 = self.aug(x2, m2, generator=generator)
@@ -97,7 +105,8 @@ class TS2VecPretrain(TwoViewTask):
 
     def loss(self, pred, ov):
         o1, o2, om = self._overlaps(pred, ov)
-        return hierarchical_contrastive_loss(o1, o2, self.alpha, self.temporal_unit, mask=om)
+        return hierarchical_contrastive_loss(o1, o2, self.alpha, self.temporal_unit, mask=om, anchors=self.anchors,
+                                             generator=self._loss_gen)
 
     def embed_views(self, pred, ov):
         "Instance level: the mean representation of each overlap."

@@ -90,6 +90,14 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     except ValueError as e:
         res['sync_bn_error'] = str(e)
     res['sync_bn_restored'] = learn.model is clf
+    # no validation split: fastai's DistributedDL would divide by zero after the first epoch; a clear error first
+    learn = ts_learner(get_ssl_dls(X, bs=6, seed=0), ResNetPlus, cbs=tsai_ssl.MaskedValuePretrain())
+    try:
+        with learn.distrib_ctx(sync_bn=False, cpu=True):
+            with learn.no_bar(): learn.fit(1)
+        res['no_valid_error'] = None
+    except ValueError as e:
+        res['no_valid_error'] = str(e)
     with open(os.path.join(out_dir, f'rank{rank}.json'), 'w') as f: json.dump(res, f)
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
@@ -136,3 +144,8 @@ def test_sync_batchnorm_on_cpu_says_what_to_do(ranks):
     _, res = ranks
     for r in res:
         assert 'sync_bn=False' in r['sync_bn_error'] and r['sync_bn_restored']
+
+
+def test_an_empty_validation_set_is_refused_before_training(ranks):
+    _, res = ranks
+    for r in res: assert 'needs a validation split' in r['no_valid_error']

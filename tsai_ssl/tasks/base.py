@@ -36,6 +36,7 @@ from fastai.torch_core import rank_distrib
 
 from ..backbone import Backbone, PretextModel, _eval_mode, infer_c_in, split_backbone
 from ..data import batch_pad_mask, batch_raw_input, batch_series_index
+from ..errors import InputError
 from ..losses import _dist_world_size as _world_size
 from ..padding import PaddingAware, clean_input, warn_sync_batchnorm
 from ..transfer import save_backbone, weights_path
@@ -315,12 +316,18 @@ def _in_lr_find(learn) -> bool:
 
 def _check_distributed(learn) -> None:
     """Fail before the swap on what fastai's `DistributedTrainer` would fail on right after it (fastai then runs no
-    ``after_fit``, so the Learner would keep the pretext model): SyncBatchNorm needs GPUs."""
+    ``after_fit``, so the Learner would keep the pretext model): SyncBatchNorm needs GPUs; and what would fail after
+    the first epoch: an empty validation set."""
     dt = next((cb for cb in learn.cbs if type(cb).__name__ == 'DistributedTrainer'), None)
     p = next(learn.model.parameters(), None)
     if dt is not None and getattr(dt, 'sync_bn', False) and p is not None and p.device.type == 'cpu':
         raise ValueError('learn.distrib_ctx() converts BatchNorm to nn.SyncBatchNorm, which needs GPUs. On CPU '
                          'processes use learn.distrib_ctx(sync_bn=False, cpu=True).')
+    valid = getattr(getattr(learn, 'dls', None), 'valid', None)
+    if dt is not None and valid is not None and getattr(valid, 'dataset', None) is not None and len(valid.dataset) == 0:
+        # fastai's DistributedDL divides by the number of items: an empty validation set fails after the first epoch
+        raise InputError('learn.distrib_ctx() needs a validation split: fastai cannot share out an empty one among '
+                         'processes. Give get_ssl_dls splits=(train_idxs, valid_idxs).')
 
 
 def restore_tasks(learn) -> None:

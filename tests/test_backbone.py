@@ -121,3 +121,13 @@ def test_lookahead_is_how_far_ahead_the_backbone_sees(arch, reach):
         x3 = x.clone(); x3[..., 150 + reach] = 5.
         # but s + reach itself counts (through 6 inception modules only slightly: compare exactly)
         assert not torch.equal(bb(x)[..., 150], bb(x3)[..., 150])
+
+
+@pytest.mark.parametrize('make', ['TSTPlus', 'PatchTST', 'TSiTPlus'])
+def test_transformers_are_refused_with_the_reason(make):
+    "tsai's Transformers take one fixed length and attend over every step: a clear refusal, not a shape error."
+    import importlib
+    cls = getattr(importlib.import_module(f'tsai.models.{make}'), make)
+    model = cls(1, 2, seq_len=128, **({'pred_dim': 2} if make == 'PatchTST' else {}))
+    with pytest.raises(TypeError, match=f'{make} is one of tsai.s Transformer classifiers.*Use a CNN'):
+        split_backbone(model)

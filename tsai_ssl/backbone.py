@@ -116,6 +116,11 @@ def _structure_error(model: nn.Module, why: str) -> str:
             'time (e.g. x.mean(-1) or nn.AdaptiveAvgPool1d) before its classification layer.')
 
 
+# tsai's Transformer classifiers: fixed-size positional encodings (and flatten heads), attention over every step
+_TRANSFORMERS = {'TST', 'TSTPlus', 'MultiTSTPlus', 'PatchTST', 'TSiT', 'TSiTPlus', 'TSPerceiver', 'TransformerModel',
+                 'TransformerRNNPlus', 'TransformerLSTMPlus', 'TransformerGRUPlus', 'gMLP', 'TSSequencerPlus'}
+
+
 def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
     """The per-timestep feature extractor of `model`, sharing its parameters and parameter names.
 
@@ -131,6 +136,13 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
     """
     name = getattr(model, '__name__', type(model).__name__)
     if isinstance(model, Backbone): return model
+    if type(model).__name__ in _TRANSFORMERS:
+        raise TypeError(f'{type(model).__name__} is one of tsai\'s Transformer classifiers, which tsai-ssl does not '
+                        'support yet: they take inputs of exactly the seq_len they were built with (fixed-size '
+                        'positional encodings, and flatten heads), while the pretext tasks crop series and batch '
+                        'varying lengths, and their attention sees every step, so next-step prediction has no causal '
+                        'view and padding reaches every step. Use a CNN (ResNetPlus, InceptionTimePlus, '
+                        'XceptionTimePlus, FCNPlus, TCN, or your own nn.Module).')
     if isinstance(getattr(model, 'backbone', None), nn.Module) and isinstance(getattr(model, 'head', None), nn.Module):
         bb = Backbone({'backbone': model.backbone}, arch=name)
     elif type(model).__name__ in _SEQUENTIAL_PARTS and all(hasattr(model, p) for p in _SEQUENTIAL_PARTS[type(model).__name__]):

@@ -6,7 +6,7 @@
   tsai-ssl pretrain data.npz --task masked --out models/ssl_masked.pth
   tsai-ssl finetune data.npz --weights models/ssl_masked.pth --fraction 5%
   tsai-ssl tasks                     # the pretext tasks and their options
-  tsai-ssl store build series/ corpus --dtype uint8 --n-values 41   # a memory-mapped corpus, series by series
+  tsai-ssl store build series/ corpus --dtype uint8   # a memory-mapped corpus
 
 Input errors (a missing file, wrong keys, labels of the wrong length, a fraction that leaves a class without a
 label, NaN inside a series, an unknown architecture or task, ...) print one line on stderr and exit with status

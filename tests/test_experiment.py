@@ -377,6 +377,24 @@ def test_pretrain_probe_curve_reports_and_changes_nothing(counts, tmp_path):
     assert 'probe_png' not in E.save_results([r for r in rows if r['fraction'] is not None], tmp_path / 'out2')
 
 
+def test_step_budget_shorter_than_an_epoch_draws_its_series(counts, tmp_path, monkeypatch):
+    "A corpus larger than the budget: one epoch over steps * bs drawn series, valid_pct of the drawn ones held out."
+    from fastai.learner import Learner
+    X, _ = counts
+    fits = []
+    original = Learner.fit_one_cycle
+
+    def spy(self, n_epoch, *args, **kw):
+        fits.append((n_epoch, len(self.dls.train.dataset), len(self.dls.valid.dataset)))
+        return original(self, n_epoch, *args, **kw)
+    monkeypatch.setattr(Learner, 'fit_one_cycle', spy)
+    cfg = E.RunConfig(arch_config={'nf': 8}, bs=4, device='cpu', max_len=64, pretrain_steps=3, valid_pct=0.2)
+    _, info = E.pretrain(X[:40], 'masked', cfg, path=tmp_path / 'w.pth', return_info=True)
+    assert fits[-1] == (1, 12, 3) and (info['n_series'], info['n_train'], info['n_valid']) == (40, 12, 3)  # ceil(12 / 0.8)
+    _, info = E.pretrain(X[:12], 'masked', cfg.replace(pretrain_steps=5), path=tmp_path / 'v.pth', return_info=True)
+    assert fits[-1] == (2, 10, 2) and info['n_train'] == 10  # smaller than the budget: every series, whole epochs
+
+
 def test_pool_fractions_curve(counts, tmp_path):
     "compare(pool_fractions=...): smaller nested pretraining pools, rows kept out of the main table, a curve and plot."
     X, _ = counts

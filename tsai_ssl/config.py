@@ -75,7 +75,8 @@ class RunConfig:
         finetune_epochs: epochs of a fine-tuning (or from-scratch) fit.
         finetune_min_steps: raise the fine-tuning epochs of small label sets to at least this many optimizer steps.
         pretrain_steps: a pretraining budget in optimizer steps instead of epochs (None: use the epochs). A fit
-            then runs the fewest whole epochs that reach the steps.
+            then runs the fewest whole epochs that reach the steps; a pretraining corpus larger than ``steps * bs``
+            series (plus the validation share) is drawn from at random instead, one epoch over the drawn series.
         finetune_steps: the same for fine-tuning and scratch fits, so 5 labels train as long as 500 do.
         lr: learning rate (``fit_one_cycle``).
         bs: batch size.

@@ -203,9 +203,16 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     dev = resolve_device(cfg.device)
     n = len(series)
     perm = np.random.default_rng(cfg.seed).permutation(n)
-    n_val = max(1, int(round(cfg.valid_pct * n))) if n >= 10 and cfg.valid_pct > 0 else 0
+    # A step budget shorter than one epoch of a large corpus (10^5 series, 600 steps of 16) draws the series it
+    # needs at random and holds out valid_pct of those, so neither an epoch of 10^5 series nor a validation pass
+    # over 10^4 of them runs; each drawn series is seen once, like every series in an epoch.
+    if cfg.pretrain_steps is not None:
+        need = math.ceil(cfg.pretrain_steps * cfg.bs / (1 - cfg.valid_pct))
+        if need < n: perm = perm[:need]
+    n_draw = len(perm)
+    n_val = max(1, int(round(cfg.valid_pct * n_draw))) if n_draw >= 10 and cfg.valid_pct > 0 else 0
     splits = (np.sort(perm[n_val:]), np.sort(perm[:n_val]))
-    n_tr = n - n_val
+    n_tr = n_draw - n_val
     dls = get_ssl_dls(series, splits=splits, bs=cfg.bs, val_bs=_eval_bs([series[i] for i in splits[1]] or series, cfg.bs),
                       batch_tfms=_standardize(cfg), max_len=cfg.max_len, n_values=n_values, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n_tr, min(cfg.bs, n_tr)))
@@ -226,7 +233,7 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     _record_arch(getattr(cb, 'saved_paths', None) or [path], cfg)
     best = getattr(cb, 'best', None)
     info = dict(task=task, arch=cfg.arch_name, arch_config=cfg.arch_config or {}, path=str(path),
-                epochs=epochs, n_series=n, n_valid=n_val, n_values=n_values,
+                epochs=epochs, n_series=n, n_train=n_tr, n_valid=n_val, n_values=n_values,
                 best_valid_loss=None if best is None or not math.isfinite(best) else float(best), seconds=round(secs, 2))
     if prober is not None: info['probe_curve'] = [[int(e) + 1, round(float(a), 4)] for e, a in prober.history]
     del learn

@@ -46,6 +46,12 @@ def build_corpus(n: int, path: Path, chunk: int = 10_000) -> dict:
     return dict(n=n, seconds=round(time.time() - t0, 1))
 
 
+def key(r: dict) -> tuple:
+    "A cell: scratch does not depend on the pretraining budget, so its cells serve every budget."
+    steps = None if r['method'] == 'scratch' else r.get('pretrain_steps', 600)  # rows before the field: 600
+    return r['task'], r['method'], r['fraction'], r['seed'], steps
+
+
 def cached() -> list[dict]:
     return [json.loads(x) for x in CACHE.read_text().splitlines() if x.strip()] if CACHE.exists() else []
 
@@ -65,7 +71,7 @@ def run(a) -> None:
     corpus = open_store_series(store)
     cfg = RunConfig(arch_config={'nf': a.nf}, pretrain_steps=a.pretrain_steps, finetune_steps=a.steps, bs=a.bs,
                     max_len=a.max_len, lr=1e-3, device='cpu', n_values=41)
-    done = {(r['task'], r['method'], r['fraction'], r['seed']) for r in cached()}
+    done = {key(r) for r in cached()}
 
     def weights(tag: str, X, seed: int) -> tuple[Path, float, int]:
         w = WORK / f'{a.pretext}_{tag}_seed{seed}_pt{a.pretrain_steps}.pth'
@@ -83,7 +89,8 @@ def run(a) -> None:
             for frac in a.fractions:
                 idx = label_subset(d.y_train, frac, seed)
                 for method in ('scratch', 'corpus', 'own'):
-                    if (name, method, frac, seed) in done: continue
+                    if key(dict(task=name, method=method, fraction=frac, seed=seed,
+                                pretrain_steps=a.pretrain_steps)) in done: continue
                     kw, pre_s, n_pre = {}, 0.0, 0
                     if method == 'corpus': kw['weights'], pre_s, n_pre = weights('corpus', corpus, seed)
                     if method == 'own': kw['weights'], pre_s, n_pre = weights(f'own{name}', d.X_train, seed)
@@ -92,15 +99,25 @@ def run(a) -> None:
                                    cfg.replace(seed=seed), **kw)
                     row = dict(task=name, method=method, fraction=frac, seed=seed, n_labeled=len(idx), accuracy=acc,
                                finetune_seconds=round(time.time() - t0, 1), pretrain_seconds=pre_s,
-                               pretrain_series=n_pre, corpus=a.corpus, pretext=a.pretext)
+                               pretrain_series=n_pre, corpus=a.corpus, pretext=a.pretext,
+                               pretrain_steps=a.pretrain_steps)
                     with open(CACHE, 'a') as fh: fh.write(json.dumps(row) + '\n')
                     print(json.dumps(row), flush=True)
 
 
-def report() -> str:
-    rows = cached()
-    out = ['| task | labels | from scratch | pretrained on the corpus | pretrained on its own 200 series |',
-           '|---|---|---|---|---|']
+def report(pretrain_steps: int = 600) -> str:
+    "The table for one pretraining budget: mean ± std over seeds, paired differences [95% CI] in points."
+    from tsai_ssl.report import paired_ci
+    rows = [r for r in cached() if key(r)[-1] in (None, pretrain_steps)]
+
+    def diff(d: np.ndarray) -> str:
+        ci = paired_ci(d)
+        return f'{d.mean():+.1f}' + (f' [{ci[0]:+.1f}, {ci[1]:+.1f}]' if ci else '')
+
+    out = [f'{pretrain_steps} pretraining steps. Accuracy %, mean ± std over seeds; in brackets the paired '
+           'difference to scratch [95% CI] in points.', '',
+           '| task | labels (seeds) | from scratch | pretrained on the corpus | pretrained on its own 200 series '
+           '| corpus − own |', '|---|---|---|---|---|---|']
     for name in TASKS:
         for frac in sorted({r['fraction'] for r in rows if r['task'] == name}):
             cell = {m: {r['seed']: r for r in rows if (r['task'], r['method'], r['fraction']) == (name, m, frac)}
@@ -108,19 +125,20 @@ def report() -> str:
             seeds = sorted(set.intersection(*(set(c) for c in cell.values())))
             if not seeds: continue
             acc = {m: np.array([cell[m][s]['accuracy'] for s in seeds]) * 100 for m in cell}
-            txt = [f'{acc["scratch"].mean():.1f} ± {acc["scratch"].std():.1f}']
-            for m in ('corpus', 'own'):
-                dif = acc[m] - acc['scratch']
-                txt.append(f'{acc[m].mean():.1f} ± {acc[m].std():.1f} ({dif.mean():+.1f}; per seed '
-                           + ', '.join(f'{x:+.1f}' for x in dif) + ')')
+            sd = {m: f' ± {acc[m].std(ddof=1):.1f}' if len(seeds) > 1 else '' for m in acc}
+            txt = [f'{acc["scratch"].mean():.1f}{sd["scratch"]}']
+            txt += [f'{acc[m].mean():.1f}{sd[m]} ({diff(acc[m] - acc["scratch"])})' for m in ('corpus', 'own')]
+            txt.append(diff(acc['corpus'] - acc['own']))
             n_lab = cell['scratch'][seeds[0]]['n_labeled']
-            out.append(f'| {name} | {n_lab} ({len(seeds)} seed{"s" * (len(seeds) > 1)}) | ' + ' | '.join(txt) + ' |')
+            out.append(f'| {name} | {n_lab} ({len(seeds)}) | ' + ' | '.join(txt) + ' |')
     times = [r for r in rows if r['method'] != 'scratch']
     if times: out.append('')
     for m in ('corpus', 'own'):
         t = [r['pretrain_seconds'] for r in times if r['method'] == m]
         n = [r['pretrain_series'] for r in times if r['method'] == m]
         if t: out.append(f'{m}: pretraining {np.mean(t):.0f} s on {int(np.mean(n))} drawn training series')
+    ft = [r['finetune_seconds'] for r in rows]
+    if ft: out.append(f'fine-tuning: {np.mean(ft):.0f} s per run')
     return '\n'.join(out)
 
 
@@ -138,7 +156,7 @@ def main(argv=None) -> None:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--report', action='store_true')
     a = p.parse_args(argv)
-    if a.report: print(report())
+    if a.report: print(report(a.pretrain_steps))
     else: run(a)
 
 

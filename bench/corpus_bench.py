@@ -14,7 +14,8 @@ Per task and seed, three ways to reach a classifier, all with the same fine-tuni
 one pretraining on the corpus (shared by both tasks); from a pretraining of the same budget on the task's own 200
 series. With a step budget shorter than an epoch of the corpus, `pretrain` draws the series it needs at random, so
 the corpus pretraining costs what the own-series one costs: the difference is how many distinct series it sees.
-Cells are cached in bench/results/corpus.jsonl (delete it to start over); weights in runs/corpus_weights.
+Cells are cached in bench/results/corpus.jsonl, keyed by task, method, fraction, seed, corpus size and pretraining
+budget (delete it to start over after changing anything else); weights in runs/corpus_weights.
 """
 from __future__ import annotations
 
@@ -47,9 +48,9 @@ def build_corpus(n: int, path: Path, chunk: int = 10_000) -> dict:
 
 
 def key(r: dict) -> tuple:
-    "A cell: scratch does not depend on the pretraining budget, so its cells serve every budget."
-    steps = None if r['method'] == 'scratch' else r.get('pretrain_steps', 600)  # rows before the field: 600
-    return r['task'], r['method'], r['fraction'], r['seed'], steps
+    "A cell: scratch depends on neither the corpus nor the pretraining budget, so its cells serve every one."
+    if r['method'] == 'scratch': return r['task'], r['method'], r['fraction'], r['seed'], None, None
+    return r['task'], r['method'], r['fraction'], r['seed'], r.get('pretrain_steps', 600), r['corpus']
 
 
 def cached() -> list[dict]:
@@ -90,9 +91,9 @@ def run(a) -> None:
                 idx = label_subset(d.y_train, frac, seed)
                 for method in ('scratch', 'corpus', 'own'):
                     if key(dict(task=name, method=method, fraction=frac, seed=seed,
-                                pretrain_steps=a.pretrain_steps)) in done: continue
+                                pretrain_steps=a.pretrain_steps, corpus=a.corpus)) in done: continue
                     kw, pre_s, n_pre = {}, 0.0, 0
-                    if method == 'corpus': kw['weights'], pre_s, n_pre = weights('corpus', corpus, seed)
+                    if method == 'corpus': kw['weights'], pre_s, n_pre = weights(f'corpus{a.corpus}', corpus, seed)
                     if method == 'own': kw['weights'], pre_s, n_pre = weights(f'own{name}', d.X_train, seed)
                     t0 = time.time()
                     acc = finetune([d.X_train[i] for i in idx], d.y_train[idx], d.X_test, d.y_test,
@@ -105,10 +106,10 @@ def run(a) -> None:
                     print(json.dumps(row), flush=True)
 
 
-def report(pretrain_steps: int = 600) -> str:
-    "The table for one pretraining budget: mean ± std over seeds, paired differences [95% CI] in points."
+def report(pretrain_steps: int = 600, corpus: int = 100_000) -> str:
+    "The table for one corpus and pretraining budget: mean ± std over seeds, paired differences [95% CI] in points."
     from tsai_ssl.report import paired_ci
-    rows = [r for r in cached() if key(r)[-1] in (None, pretrain_steps)]
+    rows = [r for r in cached() if key(r)[-2:] in ((None, None), (pretrain_steps, corpus))]
 
     def diff(d: np.ndarray) -> str:
         ci = paired_ci(d)
@@ -156,7 +157,7 @@ def main(argv=None) -> None:
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--report', action='store_true')
     a = p.parse_args(argv)
-    if a.report: print(report(a.pretrain_steps))
+    if a.report: print(report(a.pretrain_steps, a.corpus))
     else: run(a)
 
 

@@ -10,7 +10,8 @@ Supported: tsai models with ``.backbone``/``.head`` (ResNetPlus, InceptionTimePl
 FCNPlus, ... as built by `ts_learner`), tsai's plain ResNet, FCN, InceptionTime, XceptionTime, ResCNN,
 TCN, any ``nn.Sequential`` whose first global pooling layer ends the backbone, and any other module that
 `torch.fx` can trace (the user story's ``encoder -> conv body -> mean over time -> linear``): the graph is
-cut at the first global pooling over time.
+cut at the first global pooling over time. tsai's Transformer `TSTPlus` gets a `tsai_ssl.transformer.TransformerBackbone`
+(any length up to its seq_len, padding masks in the attention, causal attention for next-step prediction).
 """
 from __future__ import annotations
 
@@ -116,8 +117,8 @@ def _structure_error(model: nn.Module, why: str) -> str:
             'time (e.g. x.mean(-1) or nn.AdaptiveAvgPool1d) before its classification layer.')
 
 
-# tsai's Transformer classifiers: fixed-size positional encodings (and flatten heads), attention over every step
-_TRANSFORMERS = {'TST', 'TSTPlus', 'MultiTSTPlus', 'PatchTST', 'TSiT', 'TSiTPlus', 'TSPerceiver', 'TransformerModel',
+# tsai's Transformer classifiers other than TSTPlus (`tsai_ssl.transformer`): no padding mask in their encoders
+_TRANSFORMERS = {'TST', 'MultiTSTPlus', 'PatchTST', 'TSiT', 'TSiTPlus', 'TSPerceiver', 'TransformerModel',
                  'TransformerRNNPlus', 'TransformerLSTMPlus', 'TransformerGRUPlus', 'gMLP', 'TSSequencerPlus'}
 
 
@@ -136,13 +137,18 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
     """
     name = getattr(model, '__name__', type(model).__name__)
     if isinstance(model, Backbone): return model
+    if type(model).__name__ == 'TSTPlus':
+        from .transformer import TransformerBackbone
+        bb = TransformerBackbone(model, arch=name)
+        bb.training = model.training
+        return bb
     if type(model).__name__ in _TRANSFORMERS:
-        raise TypeError(f'{type(model).__name__} is one of tsai\'s Transformer classifiers, which tsai-ssl does not '
-                        'support yet: they take inputs of exactly the seq_len they were built with (fixed-size '
-                        'positional encodings, and flatten heads), while the pretext tasks crop series and batch '
-                        'varying lengths, and their attention sees every step, so next-step prediction has no causal '
-                        'view and padding reaches every step. Use a CNN (ResNetPlus, InceptionTimePlus, '
-                        'XceptionTimePlus, FCNPlus, TCN, or your own nn.Module).')
+        raise TypeError(f'{type(model).__name__} is one of tsai\'s Transformer classifiers that tsai-ssl does not '
+                        'support: its encoder takes no padding mask and its positional encoding fixes the input '
+                        'length, while the pretext tasks crop series and batch varying lengths (and next-step '
+                        'prediction needs a causal attention mask). Use TSTPlus (padding masks, causal attention, '
+                        'patches for long series) or a CNN (ResNetPlus, InceptionTimePlus, XceptionTimePlus, '
+                        'FCNPlus, TCN, or your own nn.Module).')
     if isinstance(getattr(model, 'backbone', None), nn.Module) and isinstance(getattr(model, 'head', None), nn.Module):
         bb = Backbone({'backbone': model.backbone}, arch=name)
     elif type(model).__name__ in _SEQUENTIAL_PARTS and all(hasattr(model, p) for p in _SEQUENTIAL_PARTS[type(model).__name__]):
@@ -286,6 +292,14 @@ def causal(backbone: nn.Module) -> Iterator[nn.Module]:
             check_causal(bb, c_in=1)                 # passes here; outside the context it raises (18 steps ahead)
         ```
     """
+    from .transformer import TransformerBackbone, causal_attention
+    if isinstance(backbone, TransformerBackbone):  # causal attention, same parameters
+        if backbone.spec.patch > 1:
+            raise NotImplementedError(f'This TSTPlus embeds patches of {backbone.spec.patch} steps (seq_len > '
+                                      'max_seq_len), so a step\'s feature sees the rest of its patch: use '
+                                      "causal='shift' (it predicts past the patch), or build it with max_seq_len >= seq_len.")
+        with causal_attention(backbone): yield backbone
+        return
     patched, pads = [], []
     try:
         for name, m in backbone.named_modules():
@@ -341,6 +355,12 @@ def lookahead(backbone: nn.Module, c_in: int, seq_len: int = 256, max_probe: int
         lookahead(split_backbone(ResNetPlus(1, 5)), c_in=1)   # 18: output step t has seen x[..., :t+19]
         ```
     """
+    from .transformer import TransformerBackbone
+    if isinstance(backbone, TransformerBackbone):  # exact, from its patch size
+        if backbone.causal_reach is None:
+            raise NotImplementedError('The attention of this Transformer sees every step: run it inside '
+                                      'tsai_ssl.transformer.causal_attention (next-step prediction does).')
+        return backbone.causal_reach
     p = next(backbone.parameters())
     g = torch.Generator().manual_seed(seed)
     L = seq_len

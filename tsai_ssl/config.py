@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from .errors import InputError
 from .series import check_n_values
 
-__all__ = ['RunConfig', 'ARCHS', 'RECIPES', 'STANDARDIZE', 'normalize_arch', 'get_arch', 'resolve_device']
+__all__ = ['RunConfig', 'ARCHS', 'TRANSFORMER_ARCHS', 'RECIPES', 'STANDARDIZE', 'normalize_arch', 'get_arch', 'resolve_device']
 
 # tsai classifiers `split_backbone` supports (their time axis is kept until global pooling)
 ARCHS = ('ResNet', 'ResNetPlus', 'InceptionTime', 'InceptionTimePlus', 'XceptionTime', 'XceptionTimePlus',
-         'FCN', 'FCNPlus', 'ResCNN', 'TCN')
+         'FCN', 'FCNPlus', 'ResCNN', 'TCN', 'TSTPlus')
+TRANSFORMER_ARCHS = ('TSTPlus',)  # need arch_config seq_len (`tsai_ssl.transformer`)
 
 
 RECIPES = ('full', 'lp-ft', 'frozen')  # fine-tuning from pretrained weights, see RunConfig

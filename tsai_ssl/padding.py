@@ -50,6 +50,12 @@ def clean_input(x: torch.Tensor, pad_mask: torch.Tensor | None) -> tuple[torch.T
     return x, pad_mask
 
 
+def active_owner(module: nn.Module) -> 'PaddingAware | None':
+    "The innermost entered `PaddingAware` context over `module` (a layer that reads the mask itself asks this)."
+    owners = _OWNERS.get(module)
+    return owners[-1] if owners else None
+
+
 def installed(module: nn.Module) -> list['PaddingAware']:
     "The entered `PaddingAware` contexts that hook layers of `module` (`tsai_ssl.memory` replays their masks)."
     out = []
@@ -100,6 +106,9 @@ class PaddingAware:
         if self.batchnorm: warn_sync_batchnorm(self.module)
         try:
             for m in self.module.modules():
+                if getattr(m, 'takes_pad_mask', False):  # reads the mask itself (`tsai_ssl.transformer`)
+                    _OWNERS.setdefault(m, []).append(self); self._layers.append(m)
+                    continue
                 fill = _fill_value(m)
                 if fill is not None:
                     self._handles.append(m.register_forward_pre_hook(self._pre_hook(fill)))
@@ -286,7 +295,9 @@ class IgnorePadding(Callback):
     GAP1d/GACP1d heads and fastai's AdaptiveConcatPool1d) pool over real steps only. In eval mode a series then
     gets the prediction it gets alone, whatever it is batched with. Batches without padding are untouched.
     A pooling written as ``x.mean(-1)`` in a model's forward cannot be hooked: use ``nn.AdaptiveAvgPool1d(1)``.
-    During pretraining the pretext model is covered too: a task made with ``pad_aware=False`` gets a padding-aware
+    A `TSTPlus` classifier gets each batch right-padded to its ``seq_len`` with the padded positions masked in the
+    attention (`tsai_ssl.transformer`), so it takes variable-length batches and `test_dl` series of any length up to
+    its ``seq_len``. During pretraining the pretext model is covered too: a task made with ``pad_aware=False`` gets a padding-aware
     backbone while this callback is attached (its views' masks reach it through the pretext model's forward).
 
     Example:
@@ -299,7 +310,7 @@ class IgnorePadding(Callback):
 
     def __init__(self, batchnorm: bool = True):
         self.batchnorm = batchnorm
-        self._pa, self._hooks, self._pretext, self._installed = None, [], None, False
+        self._pa, self._hooks, self._pretext, self._installed, self._spec = None, [], None, False, None
 
     def _install(self):
         self._installed = True
@@ -309,6 +320,8 @@ class IgnorePadding(Callback):
                 self._pa = PaddingAware(model.backbone, self.batchnorm).__enter__()
                 model.pa, self._pretext = self._pa, model
             return
+        from .transformer import input_spec
+        self._spec = input_spec(model)
         self._pa = PaddingAware(model, self.batchnorm).__enter__()
         self._hooks = [m.register_forward_hook(self._pool_hook) for m in model.modules()
                        if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) and _to_one(m.output_size)]
@@ -317,7 +330,7 @@ class IgnorePadding(Callback):
         for h in self._hooks: h.remove()
         if self._pa is not None: self._pa.__exit__(None, None, None)
         if self._pretext is not None: self._pretext.pa = None
-        self._pa, self._hooks, self._pretext, self._installed = None, [], None, False
+        self._pa, self._hooks, self._pretext, self._installed, self._spec = None, [], None, False, None
 
     def before_fit(self): self._remove()  # left over from a fit that an exception ended (fastai ran no after_fit)
 
@@ -325,8 +338,15 @@ class IgnorePadding(Callback):
         if self._installed and self._pretext is not None and self._pretext is not get_model(self.learn.model):
             self._remove()  # another pretext model than the one covered
         if not self._installed: self._install()
-        if self._pa is not None and self._pretext is None:  # a classifier: this callback sets its mask
-            self._pa.pad_mask = batch_pad_mask(self.learn, self.learn.xb[0])
+        if self._pa is None or self._pretext is not None: return
+        x = self.learn.xb[0]  # a classifier: this callback sets its mask
+        if self._spec is None:
+            self._pa.pad_mask = batch_pad_mask(self.learn, x)
+        elif torch.is_tensor(x):  # a TSTPlus: padded to its seq_len, tsai's key_padding_mask (True = padded)
+            from .transformer import pad_to_spec
+            x, pos_real = pad_to_spec(x, batch_pad_mask(self.learn, x), self._spec)
+            self.learn.xb = ((x, ~pos_real),) + tuple(self.learn.xb[1:])
+            self._pa.pad_mask = pos_real  # encoder BatchNorm and the pooling head: real positions only
 
     def after_pred(self):
         if self._pa is not None and self._pretext is None: self._pa.pad_mask = None

@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import RunConfig, get_arch, recorded_arch, recorded_standardize, resolve_device
+from .config import TRANSFORMER_ARCHS, RunConfig, get_arch, recorded_arch, recorded_standardize, resolve_device
 from .errors import InputError
 from .labels import DEFAULT_FRACTIONS, check_fractions, fmt_frac, label_subset
 from .progress import Progress, hms, tick_callback
@@ -89,11 +89,39 @@ def _quiet(learn):
     return stack
 
 
-def _make_learner(dls, cfg: RunConfig, device, metrics=None, cbs=None):
+def transformer_seq_len(cfg: RunConfig) -> int | None:
+    """The ``seq_len`` of a Transformer architecture (`TRANSFORMER_ARCHS`), from ``cfg.arch_config``; None for CNNs.
+    A Transformer takes a fixed number of steps, and pretrained weights load only into one built for the same
+    seq_len, so it must be given; `InputError` saying how when it is not."""
+    if cfg.arch_name not in TRANSFORMER_ARCHS: return None
+    n = (cfg.arch_config or {}).get('seq_len')
+    if not isinstance(n, int) or n < 1:
+        raise InputError(f"{cfg.arch_name} takes a fixed number of steps: give it as arch_config seq_len, at least the "
+                         "longest series it will see (e.g. --arch-config '{\"seq_len\": 4096}'); max_seq_len "
+                         "(default 512) bounds its attention positions: longer inputs are embedded in patches.")
+    return n
+
+
+def _check_fits(cfg: RunConfig, series, what: str, cropped: bool = True) -> None:
+    """`InputError` naming the first series longer than a Transformer's seq_len; training series (``cropped``) only
+    when the training crop ``max_len`` does not already fit."""
+    n = transformer_seq_len(cfg)
+    if n is None or (cropped and cfg.max_len and cfg.max_len <= n): return
+    for i, x in enumerate(series):
+        if x.shape[-1] > n:
+            raise InputError(f'{what}[{i}] has {x.shape[-1]} steps, more than the seq_len={n} of {cfg.arch_name}: build it '
+                             f"with a larger seq_len (--arch-config '{{\"seq_len\": {x.shape[-1]}}}')"
+                             + (' or crop the training series (max_len).' if cropped else '.'))
+
+
+def _make_learner(dls, cfg: RunConfig, device, metrics=None, cbs=None, pad_input: bool = True):
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', FutureWarning)
         from tsai.learner import ts_learner
         arch = get_arch(cfg.arch)
+    if transformer_seq_len(cfg) is not None and pad_input:  # variable-length batches padded to its seq_len, masked
+        from .padding import IgnorePadding
+        cbs = list(cbs or []) + [IgnorePadding()]
     try:
         learn = ts_learner(dls, arch, metrics=metrics, cbs=cbs, seed=cfg.seed, **(cfg.arch_config or {}))
     except TypeError as e:
@@ -188,6 +216,7 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     reg = _registry()
     Task, task = reg.get_task(task), normalize_task(task)
     series = as_series(X, 'X')
+    _check_fits(cfg, series, 'X')
     n_values = infer_n_values(series) if cfg.n_values == 'auto' else cfg.n_values
     path = Path(path) if path is not None else Path('models') / f'ssl_{task}_{cfg.arch_name}.pth'
     if not path.suffix: path = path.with_suffix('.pth')
@@ -269,6 +298,8 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     path.parent.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(cfg.device)
     L = max(x.shape[-1] for x in series)
+    seq_len = transformer_seq_len(cfg)  # a Transformer takes seq_len steps: NaN-padded to it (TSTPlus masks NaN steps)
+    if seq_len is not None: _check_fits(cfg, series, 'X', cropped=False); L = seq_len
     arr = np.full((len(series), series[0].shape[0], L), np.nan, np.float32)
     for i, x in enumerate(series): arr[i, :, :x.shape[-1]] = x
     perm = np.random.default_rng(cfg.seed).permutation(len(series))
@@ -277,11 +308,11 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     bs = min(cfg.bs, n_tr)  # fastai drops the last partial training batch by default: drop it only when it is one
     dls = get_ts_dls(arr, splits=(list(perm[n_val:]), list(perm[:n_val])), batch_tfms=[_standardize(cfg)], bs=bs,
                      drop_last=(_drop_last(n_tr, bs), False), device=dev)
-    window = cfg.max_len if cfg.max_len and cfg.max_len < L else None
+    window = cfg.max_len if cfg.max_len and cfg.max_len < L and seq_len is None else None
     cb = TsaiMVP(target_dir=str(path.parent), fname=path.stem, window_size=window, verbose=False)
     units = float(len(series) - n_val) * (window or L)
     epochs = cfg.epochs('pretrain', n_tr)
-    learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)])
+    learn = _make_learner(dls, cfg, dev, cbs=[cb, tick_callback(progress, units, log=cfg.verbose)], pad_input=False)
     if not hasattr(learn.model, 'head'):
         raise InputError(f"tsai's MVP needs a model with a head attribute: use {cfg.arch_name}Plus or another tsai *Plus model")
     if path.exists(): path.unlink()
@@ -333,6 +364,7 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     """
     cfg = _config(config, overrides, 'finetune_epochs')
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
+    _check_fits(cfg, X_tr, 'X_train'); _check_fits(cfg, X_te, 'X_test', cropped=False)
     y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
     if len(y_tr) != len(X_tr): raise InputError(f'{len(y_tr)} training labels for {len(X_tr)} series')
     if len(y_te) != len(X_te): raise InputError(f'{len(y_te)} test labels for {len(X_te)} series')
@@ -448,6 +480,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     fractions = check_fractions(fractions)
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
     X_unl = as_series(X_unlabeled, 'X_unlabeled') if X_unlabeled is not None and len(X_unlabeled) else []
+    _check_fits(cfg, X_tr, 'X_train'); _check_fits(cfg, X_te, 'X_test', cropped=False)
+    _check_fits(cfg, X_unl, 'X_unlabeled')
     y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
     subsets = {(f, s): label_subset(y_tr, f, s) for s in seeds for f in fractions}  # errors before training
     X_pre = X_tr + X_unl

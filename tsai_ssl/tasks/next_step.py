@@ -12,6 +12,9 @@ the weights transfer into the ordinary (non-causal) classifier afterwards:
   the left only), verified with `check_causal`. Every step gets a prediction, but each layer copies its padded
   input: 1.1-1.5x a supervised step at long lengths.
 
+On a Transformer (`TSTPlus`) both run with a causal attention mask (`tsai_ssl.transformer`): with 'shift', ``R`` is
+then the patch size minus one (0 when every step is a position); 'pad' needs one position per step.
+
 With 'shift' the features are exactly the ones the classifier computes later; with 'pad' the same weights compute
 a different function (in a residual block the shortcut sees step t while the convolutions see a window ending at t,
 not centred on the shortcut's step).
@@ -35,6 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..backbone import causal, check_causal, lookahead
+from ..transformer import TransformerBackbone, causal_attention
 from .base import CountMetric, PretextTask, sum_over_processes
 from .targets import IGNORE, MaskedStepsHead, check_n_values
 
@@ -121,8 +125,11 @@ class NextStepPretrain(PretextTask):
     @contextlib.contextmanager
     def wrap_backbone(self, backbone):
         if self.causal_mode == 'shift':
-            self.pretext_head.shift = lookahead(backbone, self._c_in())
-            yield backbone
+            with contextlib.ExitStack() as stack:
+                if isinstance(backbone, TransformerBackbone):  # attention sees every step: make it causal
+                    stack.enter_context(causal_attention(backbone))
+                self.pretext_head.shift = lookahead(backbone, self._c_in())
+                yield backbone
             return
         self.pretext_head.shift = 0
         with causal(backbone):

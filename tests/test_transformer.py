@@ -1,0 +1,145 @@
+"tsai's TSTPlus as a backbone: any length, padding masks in the attention, causal attention, every task, transfer."
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import ar_counts
+from fastai.metrics import accuracy
+from helpers import ALL_TASKS, fit_quiet, unlabeled_dls
+from tsai.learner import ts_learner
+
+from tsai_ssl import IgnorePadding, get_ssl_dls, load_pretrained
+from tsai_ssl.backbone import causal, check_causal, lookahead, split_backbone
+from tsai_ssl.padding import padding_aware
+from tsai_ssl.transformer import InputSpec, TransformerBackbone, causal_attention, input_spec, pad_to_spec
+
+with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    from tsai.models.TSTPlus import TSTPlus
+
+SMALL = dict(d_model=32, n_heads=4, d_ff=64, n_layers=2)
+
+
+def tst(seq_len, max_seq_len=512, **kw):
+    torch.manual_seed(0)
+    return TSTPlus(1, 3, seq_len=seq_len, max_seq_len=max_seq_len, flatten=False, **{**SMALL, **kw})
+
+
+@pytest.mark.parametrize('seq_len,max_seq_len,spec', [(200, 512, InputSpec(200, 1, 0, 200)),
+                                                      (1000, 512, InputSpec(1000, 2, 12, 512)),
+                                                      (300, 64, InputSpec(300, 5, 10, 64))])
+def test_split_keeps_the_classifier_names_and_reads_the_input_spec(seq_len, max_seq_len, spec):
+    model = tst(seq_len, max_seq_len)
+    bb = split_backbone(model)
+    assert isinstance(bb, TransformerBackbone) and bb.spec == spec == input_spec(model) and bb.nf == 32
+    assert set(bb.state_dict()) <= set(model.state_dict()) and all(k.startswith('backbone.') for k in bb.state_dict())
+    assert bb(torch.randn(3, 1, 77)).shape == (3, 32, 77)  # per-step features at any length up to seq_len
+
+
+def test_pad_to_spec_masks_right_padding_only():
+    spec = InputSpec(seq_len=10, patch=4, pad_left=1, n_pos=3)  # positions hold steps [-1..2], [3..6], [7..10]
+    x = torch.ones(2, 1, 6)
+    pm = torch.tensor([[True] * 6, [True] * 2 + [False] * 4])
+    xs, pos_real = pad_to_spec(x, pm, spec)
+    assert xs.shape == (2, 1, 10) and xs[1, 0, 2:].abs().sum() == 0 and xs[0, 0, :6].sum() == 6
+    # series 0: steps 0..5 real -> positions 0, 1; series 1: steps 0..1 -> position 0 only (the left pad counts as real)
+    assert pos_real.tolist() == [[True, True, False], [True, False, False]]
+    with pytest.raises(ValueError, match='seq_len=10.*at most seq_len'):
+        pad_to_spec(torch.ones(1, 1, 11), None, spec)
+
+
+@pytest.mark.parametrize('seq_len,max_seq_len', [(200, 512), (300, 64)])
+def test_a_series_gets_the_same_features_alone_and_in_a_padded_batch(seq_len, max_seq_len):
+    bb = split_backbone(tst(seq_len, max_seq_len)).eval()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 1, 180, generator=g)
+    pm = torch.ones(4, 180, dtype=torch.bool); pm[0, 90:] = False
+    x[0, :, 90:] = 7.  # garbage in the padded steps must not matter
+    with torch.no_grad(), padding_aware(bb) as pa:
+        pa.pad_mask = pm
+        batched = bb(x)
+    with torch.no_grad():
+        alone = bb(x[:1, :, :90])
+    assert torch.allclose(batched[0, :, :90], alone[0], atol=1e-5)
+    with torch.no_grad():  # and padding is masked at all: garbage without the mask changes the features
+        assert not torch.allclose(bb(x)[0, :, :90], alone[0], atol=1e-3)
+
+
+def test_training_batchnorm_uses_real_positions_only():
+    "Batch statistics of the encoder's BatchNorm: a padded batch gives the statistics of its real steps."
+    bb = split_backbone(tst(120, norm='BatchNorm')).train()
+    x = torch.randn(2, 1, 120, generator=torch.Generator().manual_seed(2))
+    pm = torch.ones(2, 120, dtype=torch.bool); pm[1, 60:] = False
+    x2 = x.clone(); x2[1, :, 60:] = 50.
+    with padding_aware(bb) as pa:
+        pa.pad_mask = pm
+        a = bb(x)[:, :, :60]
+        b = bb(x2)[:, :, :60]
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_causal_attention_has_no_future_leak_with_one_position_per_step():
+    bb = split_backbone(tst(96))
+    with pytest.raises(AssertionError, match='Future leak'):
+        check_causal(bb, c_in=1)  # plain attention sees every step
+    with causal(bb):
+        check_causal(bb, c_in=1)
+        assert lookahead(bb, 1) == 0
+    assert bb.causal_attention is False  # restored
+    with pytest.raises(NotImplementedError, match='causal_attention'):
+        lookahead(bb, 1)
+
+
+def test_patched_causal_attention_sees_exactly_the_rest_of_the_patch():
+    "With patches of k steps, output step t depends on x up to the end of t's patch: at most k - 1 ahead, and tight."
+    bb = split_backbone(tst(300, 64)).eval()  # k = 5, 10 steps of left pad
+    k = bb.spec.patch
+    with pytest.raises(NotImplementedError, match="causal='shift'"):
+        with causal(bb): pass
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 1, 300, generator=g)
+    with causal_attention(bb), torch.no_grad():
+        reach = lookahead(bb, 1)
+        assert reach == k - 1
+        y = bb(x)
+        tight = False
+        for t in range(100, 110):
+            x2 = x.clone(); x2[..., t + reach + 1:] = torch.randn(x2[..., t + reach + 1:].shape, generator=g) * 3
+            assert torch.allclose(bb(x2)[..., :t + 1], y[..., :t + 1], atol=1e-5), t
+            x3 = x.clone(); x3[..., t + reach] += 3.
+            tight |= not torch.allclose(bb(x3)[..., t], y[..., t], atol=1e-5)
+        assert tight  # at a patch's first step the whole patch ahead counts
+
+
+def _counts(n=48, seed=0, n_classes=0):
+    return ar_counts(n, min_len=60, max_len=160, seed=seed, n_classes=n_classes)
+
+
+@pytest.mark.parametrize('Task', ALL_TASKS, ids=lambda T: T.task_name)
+def test_every_task_pretrains_a_tstplus_and_loads_into_the_classifier(Task, tmp_path):
+    dls = unlabeled_dls(48, bs=16)
+    kw = {'n_values': 41} if 'n_values' in Task.__init__.__code__.co_varnames else {}
+    task = Task(save_as=tmp_path / 'w.pth', **kw)
+    learn = ts_learner(dls, TSTPlus, seq_len=160, flatten=False, cbs=task, **SMALL)
+    fit_quiet(learn, 1)
+    assert type(learn.model).__name__ == 'TSTPlus'  # restored
+    X, y = _counts(24, n_classes=3)
+    clf = ts_learner(get_ssl_dls(X, y, bs=8), TSTPlus, seq_len=160, flatten=False, metrics=accuracy,
+                     cbs=IgnorePadding(), **SMALL)
+    before = clf.model.backbone.W_pos.detach().clone()
+    report = load_pretrained(clf, tmp_path / 'w.pth')
+    assert report.transferred and not torch.equal(clf.model.backbone.W_pos, before)
+    assert torch.equal(clf.model.backbone.W_pos.cpu(), learn.model.backbone.W_pos.cpu())
+
+
+def test_classifier_takes_variable_lengths_and_predicts_independently_of_batching():
+    X, y = _counts(40, n_classes=3)
+    dls = get_ssl_dls(X, y, bs=8)
+    learn = ts_learner(dls, TSTPlus, seq_len=160, flatten=False, metrics=accuracy, cbs=IgnorePadding(), **SMALL)
+    fit_quiet(learn, 1)
+    p8, _ = learn.get_preds(dl=dls.test_dl(X[:16], exact=False, bs=8))
+    p1, _ = learn.get_preds(dl=dls.test_dl(X[:16], exact=False, bs=1))
+    assert torch.allclose(p8, p1, atol=1e-5)
+    with pytest.raises(ValueError, match='seq_len=160'):  # longer than the classifier takes: says what to do
+        learn.get_preds(dl=dls.test_dl([np.zeros((1, 200), np.float32)]))

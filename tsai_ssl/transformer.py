@@ -1,0 +1,179 @@
+"""tsai's Transformer classifier `TSTPlus` as a tsai-ssl backbone: any length, padding masks in the attention.
+
+A `TSTPlus` takes inputs of exactly the ``seq_len`` it was built with: its positional encoding is a learnt
+``(Q, d_model)`` table, and when ``seq_len > max_seq_len`` a strided convolution first embeds patches of ``k``
+steps (``Q = max_seq_len`` positions). Pretext tasks crop series and batch varying lengths, so:
+
+* every batch is right-padded to ``seq_len`` (zeros) and the padded positions reach the attention as tsai's own
+  ``key_padding_mask`` (a position is padding when none of its ``k`` steps is real; tsai's centring pad on the left
+  counts as real: it is the same for every series, and a causal row must keep one key);
+* the features of position ``q`` are repeated for its ``k`` steps and cropped to the input's length, so the backbone
+  returns per-step features ``(bs, d_model, L)`` like a CNN's (a whole patch shares one feature vector);
+* next-step prediction runs with a causal attention mask (``attn_mask``, same parameters): the output at step ``t``
+  then depends on steps up to the end of ``t``'s patch, at most ``k - 1`` steps ahead (`causal_reach`), and with
+  ``k = 1`` on ``x[..., :t+1]`` only.
+
+The padding is batch-independent by construction: a series is always padded to ``seq_len``, whatever its batch.
+`tsai_ssl.IgnorePadding` does the same for the classifier (training, validation, `get_preds` on `test_dl`), so a
+TSTPlus classifier takes variable-length batches. Cost: attention over ``Q`` positions whatever the crop, so
+``max_seq_len`` (512 by default) is the knob for long series.
+
+Not supported (`split_backbone` says why): TSTPlus built with convolution keyword arguments (its own input
+encoding), and tsai's other Transformers (TST, PatchTST, TSiTPlus, ...): their encoders take no padding mask.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .backbone import Backbone
+
+__all__ = ['InputSpec', 'input_spec', 'pad_to_spec', 'TransformerBackbone', 'causal_attention']
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    "What a TSTPlus takes: ``seq_len`` steps, embedded ``patch`` at a time into ``n_pos`` positions."
+    seq_len: int    # S: input steps the classifier was built for
+    patch: int      # k: steps per attention position (1: one position per step)
+    pad_left: int   # steps tsai pads on the left before patching (centres S in k * n_pos)
+    n_pos: int      # Q: attention positions (rows of the positional encoding)
+
+
+def _tst(model: nn.Module) -> nn.Module | None:
+    "The `_TSTBackbone` of a TSTPlus (or that backbone itself); None for any other model."
+    if type(model).__name__ == '_TSTBackbone': return model
+    if type(model).__name__ == 'TSTPlus': return model.backbone
+    return None
+
+
+def input_spec(model: nn.Module) -> InputSpec | None:
+    """The `InputSpec` of a `TSTPlus` (or its backbone, or a `TransformerBackbone`); None for other models.
+
+    Raises `TypeError` for a TSTPlus whose input encoding is a user-configured convolution (``TSTPlus(**conv_kwargs)``).
+
+    Example:
+        ```python
+        input_spec(TSTPlus(1, 5, seq_len=1000))     # InputSpec(seq_len=1000, patch=2, pad_left=12, n_pos=512)
+        ```
+    """
+    if isinstance(model, TransformerBackbone): return model.spec
+    tst = _tst(model)
+    if tst is None: return None
+    Q = int(tst.seq_len)
+    if isinstance(tst.W_P, nn.Linear): return InputSpec(Q, 1, 0, Q)
+    parts = list(tst.W_P.children()) if isinstance(tst.W_P, nn.Sequential) else []
+    if (len(parts) == 2 and isinstance(parts[0], nn.ConstantPad1d) and isinstance(parts[1], nn.Conv1d)
+            and parts[1].kernel_size == parts[1].stride and parts[1].padding in ((0,), 0)):
+        k = parts[1].kernel_size[0]
+        left, right = parts[0].padding
+        return InputSpec(Q * k - left - right, k, left, Q)
+    raise TypeError('This TSTPlus embeds its input with a user-configured convolution (TSTPlus(..., **conv_kwargs)); '
+                    'tsai-ssl supports the default encodings only (one position per step, or patches when '
+                    'seq_len > max_seq_len). Build it without the convolution keyword arguments.')
+
+
+def pad_to_spec(x: torch.Tensor, pad_mask: torch.Tensor | None, spec: InputSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x (bs, C, L)`` right-padded with zeros to ``spec.seq_len``, and the real mask of the attention positions.
+
+    Returns ``(x (bs, C, S), pos_real (bs, Q))``: ``pos_real`` is False at positions holding no real step (tsai's
+    ``key_padding_mask`` is its negation). ``pad_mask (bs, L)`` is True at real steps (None: all real).
+    Raises `ValueError` when ``L > S``.
+    """
+    bs, C, L = x.shape
+    S, k = spec.seq_len, spec.patch
+    if L > S:
+        raise ValueError(f'A batch of {L} steps reached a TSTPlus built for seq_len={S}: it takes at most seq_len '
+                         f'steps. Build it with seq_len >= the longest series (arch_config seq_len={L} or more; '
+                         'max_seq_len bounds the attention cost) or crop the series to at most '
+                         f'{S} steps (max_len={S}).')
+    real = torch.ones(bs, L, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.to(x.device)
+    x = F.pad(x.masked_fill(~real[:, None], 0.), (0, S - L))
+    real = F.pad(real, (0, S - L), value=False)
+    if k == 1: return x, real
+    # the left pad counts as real (identical for every series); the right one as padding
+    right = spec.n_pos * k - S - spec.pad_left
+    real = F.pad(F.pad(real, (spec.pad_left, 0), value=True), (0, right), value=False)
+    return x, real.view(bs, spec.n_pos, k).any(-1)
+
+
+def _positions(spec: InputSpec, L: int, device) -> torch.Tensor:
+    "The attention position of each of the first `L` input steps."
+    return torch.div(torch.arange(L, device=device) + spec.pad_left, spec.patch, rounding_mode='floor')
+
+
+class TransformerBackbone(Backbone):
+    """A `TSTPlus`'s backbone taking any length up to its ``seq_len``; per-step features ``(bs, d_model, L)``.
+
+    Built by `split_backbone`; shares the classifier's ``backbone`` module, so state_dict keys are the classifier's.
+    The padding mask of the forward comes from the `tsai_ssl.padding.PaddingAware` context over it (a pretext task's
+    `PretextModel` sets it); without one, every step of the input is real. Inside the context, ``BatchNorm`` layers of
+    the encoder take their batch statistics over real positions only.
+
+    Example:
+        ```python
+        bb = split_backbone(TSTPlus(1, 5, seq_len=1024))
+        h = bb(torch.randn(8, 1, 300))               # (8, 128, 300): padded to 1024 inside, masked in attention
+        ```
+    """
+
+    takes_pad_mask = True  # `PaddingAware` hands this module its mask (see tsai_ssl.padding)
+
+    def __init__(self, model: nn.Module, arch: str = 'TSTPlus'):
+        super().__init__({'backbone': _tst(model)}, arch=arch)
+        self.spec = input_spec(model)
+        self.nf = _d_model(self.backbone)
+        self.causal_attention = False
+
+    @property
+    def causal_reach(self) -> int | None:
+        "With causal attention: how many steps ahead an output step sees at most (``patch - 1``); None otherwise."
+        return self.spec.patch - 1 if self.causal_attention else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .padding import active_owner
+        tst, spec = self.backbone, self.spec
+        L = x.shape[-1]
+        pa = active_owner(self)
+        mask = pa._mask_for(x) if pa is not None else None
+        x, pos_real = pad_to_spec(x, mask, spec)
+        saved_attn = tst.attn_mask
+        if self.causal_attention:
+            Q = spec.n_pos
+            tst.attn_mask = torch.ones(Q, Q, dtype=torch.bool, device=x.device).triu(1)  # True: key after query
+        saved_mask = pa._pad_mask if pa is not None else None
+        if pa is not None: pa._pad_mask = None if bool(pos_real.all()) else pos_real  # encoder BatchNorm: real positions
+        try:
+            z = tst((x, ~pos_real))  # (bs, d_model, Q); tsai: key_padding_mask True = padded
+        finally:
+            tst.attn_mask = saved_attn
+            if pa is not None: pa._pad_mask = saved_mask
+        return z[..., _positions(spec, L, z.device)]  # (bs, d_model, L)
+
+
+def _d_model(tst: nn.Module) -> int:
+    "The width of a `_TSTBackbone`: the output size of its input encoding (its first module)."
+    for m in tst.modules():
+        if isinstance(m, nn.Linear): return m.out_features
+        if isinstance(m, nn.Conv1d): return m.out_channels
+    raise TypeError('cannot find the width of this TSTPlus')
+
+
+@contextlib.contextmanager
+def causal_attention(backbone: TransformerBackbone) -> Iterator[TransformerBackbone]:
+    """Inside the context the backbone's attention is causal (no position attends to a later one); restored on exit.
+
+    Example:
+        ```python
+        with causal_attention(bb): h = bb(x)        # h[..., t] sees x up to the end of t's patch
+        ```
+    """
+    was = backbone.causal_attention
+    backbone.causal_attention = True
+    try: yield backbone
+    finally: backbone.causal_attention = was

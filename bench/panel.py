@@ -48,9 +48,23 @@ def load_set(name: str, seed: int = 0):
 
 def budget_key(a) -> str:
     "What the cached cells depend on besides set, method, fraction and seed."
-    return (f"{a.arch}-nf{a.nf}-ft{a.steps}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}-len{a.max_len or 0}"
+    return (f"{a.arch}{_arch_tag(a)}-ft{a.steps}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}-len{a.max_len or 0}"
             f"-semi{a.semi_weight:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else '')
             + (f"-ptbs{a.pretrain_bs}" if a.pretrain_bs and a.pretrain_bs != a.bs else ''))
+
+
+def _arch_tag(a) -> str:
+    "The width (CNNs) or the JSON architecture config (--arch-config) in cache keys and weight names."
+    if not a.arch_config: return f'-nf{a.nf}'
+    return '-' + '-'.join(f'{k}{v}' for k, v in sorted(json.loads(a.arch_config).items()))
+
+
+def arch_config(a, series) -> dict | None:
+    "The classifier's config for one set: --nf / --arch-config, and for a Transformer seq_len = the longest series."
+    from tsai_ssl.config import TRANSFORMER_ARCHS, normalize_arch
+    cfg = dict(json.loads(a.arch_config)) if a.arch_config else ({'nf': a.nf} if a.nf else {})
+    if normalize_arch(a.arch) in TRANSFORMER_ARCHS: cfg['seq_len'] = int(max(x.shape[-1] for x in series))
+    return cfg or None
 
 
 def read_cache() -> list[dict]:
@@ -65,20 +79,21 @@ def run(a) -> None:
     torch.set_num_threads(a.threads)
     key = budget_key(a)
     done = {(r['set'], r['method'], r['fraction'], r['seed']) for r in read_cache() if r['budget'] == key}
-    cfg = RunConfig(arch=a.arch, arch_config={'nf': a.nf} if a.nf else None, pretrain_steps=a.pretrain_steps,
+    cfg = RunConfig(arch=a.arch, pretrain_steps=a.pretrain_steps,
                     finetune_steps=a.steps, lr=a.lr, bs=a.bs, max_len=a.max_len or None, device=a.device,
                     semi_weight=a.semi_weight, standardize=a.standardize)
     CACHE.parent.mkdir(parents=True, exist_ok=True)
     for name in a.sets:
         X_tr, y_tr, X_te, y_te, X_unl, _ = load_set(name)
         X_pre = list(X_tr) + list(X_unl)
+        set_cfg = cfg.replace(arch_config=arch_config(a, X_pre + list(X_te)))
         for seed in a.seeds:
-            cs = cfg.replace(seed=seed)
+            cs = set_cfg.replace(seed=seed)
             weights = {}
 
             def weights_for(task: str) -> Path:  # pretrain once per set, task, seed and pretraining budget
                 if task not in weights:
-                    w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}-nf{a.nf}-pt{a.pretrain_steps}-bs{a.pretrain_bs or a.bs}-lr{a.lr:g}" \
+                    w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}{_arch_tag(a)}-pt{a.pretrain_steps}-bs{a.pretrain_bs or a.bs}-lr{a.lr:g}" \
                                          f"-len{a.max_len or 0}{'-stdseries' if a.standardize == 'series' else ''}.pth"
                     if not w.exists():  # written under another name first: an interrupted run leaves no weights
                         t0, tmp = time.time(), w.with_name('partial_' + w.name)
@@ -151,6 +166,8 @@ def main(argv=None):
     p.add_argument('--methods', nargs='+', default=['scratch', 'masked', 'next', 'contrastive', 'masked+semi', 'mvp'])
     p.add_argument('--arch', default='ResNetPlus')
     p.add_argument('--nf', type=int, default=0, help='width (0: the architecture default)')
+    p.add_argument('--arch-config', default='', help='JSON config of the architecture (replaces --nf), e.g. '
+                   '\'{"d_model": 64, "flatten": false}\'; a Transformer gets seq_len = the longest series of each set')
     p.add_argument('--steps', type=int, default=500, help='fine-tuning (and scratch) optimizer steps')
     p.add_argument('--pretrain-steps', type=int, default=1000)
     p.add_argument('--bs', type=int, default=16)

@@ -15,6 +15,8 @@ batch, what two full-length views cost) and 'next-step pad' (`NextStepPretrain(c
 '+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time. 'ts2vec' (`TS2VecPretrain`) first cuts
 series longer than 3000 steps to a 3000-step window (its default ``window``), so at 30720 steps it does less work
 than the supervised step it is compared with.
+``--arch TSTPlus``: the same on tsai's Transformer (`tsai_ssl.transformer`; max_seq_len 512, so 2048 steps are 512
+patches of 4); compare its 'supervised' row with ResNetPlus's for the cost of attention.
 Part 'mvp': one masked-value pretraining epoch of tsai_ssl's MaskedValuePretrain vs tsai's MVP callback on the
 same fixed-length data, backbone and batch size (each with its own data pipeline: tsai's get_ts_dls for MVP).
 """
@@ -32,8 +34,16 @@ import torch
 warnings.filterwarnings('ignore')
 
 
+ARCH = 'ResNetPlus'  # --arch
+
+
 def _learner(dls, cbs=None):
     from tsai.learner import ts_learner
+    if ARCH == 'TSTPlus':  # tsai's defaults (max_seq_len 512: patches beyond), a pooling head, any length up to seq_len
+        from tsai.models.TSTPlus import TSTPlus
+
+        from tsai_ssl import IgnorePadding
+        return ts_learner(dls, TSTPlus, seq_len=dls.len, flatten=False, cbs=list(cbs or []) + [IgnorePadding()])
     from tsai.models.ResNetPlus import ResNetPlus
     learn = ts_learner(dls, ResNetPlus, cbs=cbs)
     return learn
@@ -156,7 +166,11 @@ def main(argv=None):
     p.add_argument('--bs', type=int, default=8)
     p.add_argument('--lengths', type=int, nargs='+', default=[2048, 30720])
     p.add_argument('--reps', type=int, default=3)
+    p.add_argument('--arch', choices=['ResNetPlus', 'TSTPlus'], default='ResNetPlus',
+                   help="the classifier (TSTPlus: tsai's defaults, seq_len = the length, a pooling head)")
     a = p.parse_args(argv)
+    global ARCH
+    ARCH = a.arch
     print(f'torch {torch.__version__}, {torch.get_num_threads()} threads')
     if a.part in ('bucketing', 'all'): bucketing(a.n, a.bs)
     if a.part in ('steps', 'all'):

@@ -93,7 +93,8 @@ def run(a) -> None:
 
             def weights_for(task: str) -> Path:  # pretrain once per set, task, seed and pretraining budget
                 if task not in weights:
-                    w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}{_arch_tag(a)}-pt{a.pretrain_steps}-bs{a.pretrain_bs or a.bs}-lr{a.lr:g}" \
+                    w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}{_arch_tag(a)}-pt{a.pretrain_steps}" \
+                                         f"-bs{a.pretrain_bs or a.bs}-lr{a.lr:g}" \
                                          f"-len{a.max_len or 0}{'-stdseries' if a.standardize == 'series' else ''}.pth"
                     if not w.exists():  # written under another name first: an interrupted run leaves no weights
                         t0, tmp = time.time(), w.with_name('partial_' + w.name)

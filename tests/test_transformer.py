@@ -143,3 +143,38 @@ def test_classifier_takes_variable_lengths_and_predicts_independently_of_batchin
     assert torch.allclose(p8, p1, atol=1e-5)
     with pytest.raises(ValueError, match='seq_len=160'):  # longer than the classifier takes: says what to do
         learn.get_preds(dl=dls.test_dl([np.zeros((1, 200), np.float32)]))
+
+
+def test_runs_need_seq_len_and_say_which_series_is_too_long():
+    from tsai_ssl.errors import InputError
+    from tsai_ssl.experiment import RunConfig, finetune, pretrain, pretrain_mvp
+    X, y = _counts(12, n_classes=2)
+    with pytest.raises(InputError, match='seq_len.*--arch-config'):
+        pretrain(X, 'masked', RunConfig(arch='TSTPlus'))
+    cfg = RunConfig(arch='tstplus', arch_config=dict(seq_len=100, **SMALL))
+    with pytest.raises(InputError, match=r'X_train\[\d+\] has \d+ steps, more than the seq_len=100 of TSTPlus.*crop'):
+        finetune(X, y, X, y, cfg)
+    with pytest.raises(InputError, match=r'X_test\[\d+\] has'):  # test series are never cropped
+        finetune([x[:, :50] for x in X], y, X, y, cfg.replace(max_len=50))
+    with pytest.raises(InputError, match='MVP.*max_seq_len'):
+        pretrain_mvp(X, cfg.replace(arch_config=dict(seq_len=160, max_seq_len=32, **SMALL)), path='unused')
+
+
+def test_a_tstplus_pretrains_and_finetunes_through_the_run_api(tmp_path):
+    from tsai_ssl.experiment import RunConfig, finetune, pretrain
+    X, y = _counts(32, n_classes=2)
+    cfg = RunConfig(arch='TSTPlus', arch_config=dict(seq_len=160, max_seq_len=64, flatten=False, **SMALL),
+                    pretrain_steps=4, finetune_steps=4, bs=8)
+    w = pretrain(X, 'next', cfg, path=tmp_path / 'next.pth')
+    acc = finetune(X[:16], y[:16], X[16:], y[16:], cfg, weights=w)
+    assert 0 <= acc <= 1
+
+
+def test_semi_supervised_fine_tuning_with_pseudo_labels_on_a_tstplus():
+    "The unlabeled forwards of the classifier (FixMatch term) get the padding to seq_len too."
+    from tsai_ssl.experiment import RunConfig, finetune
+    X, y = _counts(32, n_classes=2)
+    cfg = RunConfig(arch='TSTPlus', arch_config=dict(seq_len=160, flatten=False, **SMALL), finetune_steps=3, bs=8,
+                    semi_weight=1., pseudo_threshold=0.)
+    acc = finetune(X[:16], y[:16], X[16:], y[16:], cfg, semi_task='masked', X_unlabeled=X)
+    assert 0 <= acc <= 1

@@ -340,13 +340,16 @@ class IgnorePadding(Callback):
         if not self._installed: self._install()
         if self._pa is None or self._pretext is not None: return
         x = self.learn.xb[0]  # a classifier: this callback sets its mask
-        if self._spec is None:
-            self._pa.pad_mask = batch_pad_mask(self.learn, x)
-        elif torch.is_tensor(x):  # a TSTPlus: padded to its seq_len, tsai's key_padding_mask (True = padded)
-            from .transformer import pad_to_spec
-            x, pos_real = pad_to_spec(x, batch_pad_mask(self.learn, x), self._spec)
-            self.learn.xb = ((x, ~pos_real),) + tuple(self.learn.xb[1:])
-            self._pa.pad_mask = pos_real  # encoder BatchNorm and the pooling head: real positions only
+        inp, self._pa.pad_mask = self.model_input(x, batch_pad_mask(self.learn, x))
+        if inp is not x: self.learn.xb = (inp,) + tuple(self.learn.xb[1:])
+
+    def model_input(self, x, pad_mask):
+        """What the classifier takes for the batch `x` with `pad_mask`, and the mask for its padding-aware layers:
+        ``(x, pad_mask)`` for a CNN; for a TSTPlus ``((x padded to seq_len, key_padding_mask), real positions)``."""
+        if self._spec is None or not torch.is_tensor(x): return x, pad_mask
+        from .transformer import pad_to_spec
+        x, pos_real = pad_to_spec(x, pad_mask, self._spec)
+        return (x, ~pos_real), pos_real  # tsai: key_padding_mask True = padded; BatchNorm and pooling: real positions
 
     def after_pred(self):
         if self._pa is not None and self._pretext is None: self._pa.pad_mask = None

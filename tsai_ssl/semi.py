@@ -208,8 +208,9 @@ class SemiSupervised(Callback):
         ip = next((cb for cb in self.learn.cbs if isinstance(cb, IgnorePadding)), None)
         pa = ip._pa if ip is not None and ip._pretext is None else None
         if pa is None: return self.learn.model(x)
-        old, pa.pad_mask = pa.pad_mask, pad_mask
-        try: return self.learn.model(x)
+        inp, mask = ip.model_input(x, pad_mask)  # a TSTPlus: padded to its seq_len
+        old, pa.pad_mask = pa.pad_mask, mask
+        try: return self.learn.model(inp)
         finally: pa.pad_mask = old
 
     def _pseudo_loss(self, x, pad_mask):

@@ -146,13 +146,13 @@ class TransformerBackbone(Backbone):
         if self.causal_attention:
             Q = spec.n_pos
             tst.attn_mask = torch.ones(Q, Q, dtype=torch.bool, device=x.device).triu(1)  # True: key after query
-        saved_mask = pa._pad_mask if pa is not None else None
-        if pa is not None: pa._pad_mask = None if bool(pos_real.all()) else pos_real  # encoder BatchNorm: real positions
+        saved_mask = pa.pad_mask if pa is not None else None
+        if pa is not None: pa.pad_mask = pos_real  # the encoder's BatchNorm: statistics over real positions
         try:
             z = tst((x, ~pos_real))  # (bs, d_model, Q); tsai: key_padding_mask True = padded
         finally:
             tst.attn_mask = saved_attn
-            if pa is not None: pa._pad_mask = saved_mask
+            if pa is not None: pa.pad_mask = saved_mask
         return z[..., _positions(spec, L, z.device)]  # (bs, d_model, L)
 
 

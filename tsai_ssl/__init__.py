@@ -23,7 +23,7 @@ _NAMES = {
     'validate_series': 'data', 'SeriesStandardize': 'standardize', 'StoreWriter': 'store', 'build_store': 'store',
     'Backbone': 'backbone', 'causal': 'backbone', 'check_causal': 'backbone', 'lookahead': 'backbone',
     'masked_max': 'backbone', 'masked_mean': 'backbone', 'split_backbone': 'backbone',
-    'span_mask': 'masking',
+    'span_mask': 'masking', 'TransformerBackbone': 'transformer', 'causal_attention': 'transformer',
     'IgnorePadding': 'padding', 'PaddingAware': 'padding', 'padding_aware': 'padding',
     'Checkpoint': 'checkpoint',
     'MemorySaver': 'memory', 'checkpoint_blocks': 'memory', 'find_blocks': 'memory',

@@ -59,6 +59,7 @@ def input_spec(model: nn.Module) -> InputSpec | None:
 
     Example:
         ```python
+        from tsai.models.TSTPlus import TSTPlus
         input_spec(TSTPlus(1, 5, seq_len=1000))     # InputSpec(seq_len=1000, patch=2, pad_left=12, n_pos=512)
         ```
     """
@@ -117,7 +118,8 @@ class TransformerBackbone(Backbone):
 
     Example:
         ```python
-        bb = split_backbone(TSTPlus(1, 5, seq_len=1024))
+        from tsai.models.TSTPlus import TSTPlus
+        bb = split_backbone(TSTPlus(1, 5, seq_len=1024))   # a TransformerBackbone: 512 patches of 2 steps
         h = bb(torch.randn(8, 1, 300))               # (8, 128, 300): padded to 1024 inside, masked in attention
         ```
     """
@@ -170,7 +172,10 @@ def causal_attention(backbone: TransformerBackbone) -> Iterator[TransformerBackb
 
     Example:
         ```python
-        with causal_attention(bb): h = bb(x)        # h[..., t] sees x up to the end of t's patch
+        from tsai.models.TSTPlus import TSTPlus
+        bb = split_backbone(TSTPlus(1, 5, seq_len=96))     # one attention position per step
+        with causal_attention(bb):
+            check_causal(bb, c_in=1)                 # h[..., t] depends on x[..., :t+1] only
         ```
     """
     was = backbone.causal_attention

@@ -123,9 +123,9 @@ def test_lookahead_is_how_far_ahead_the_backbone_sees(arch, reach):
         assert not torch.equal(bb(x)[..., 150], bb(x3)[..., 150])
 
 
-@pytest.mark.parametrize('make', ['PatchTST', 'TSiTPlus'])
+@pytest.mark.parametrize('make', ['PatchTST', 'TST'])
 def test_transformers_are_refused_with_the_reason(make):
-    "tsai's Transformers without a padding mask in their encoder: a clear refusal, not a shape error (TSTPlus works)."
+    "tsai's Transformers without a padding mask in their encoder: a clear refusal, not a shape error (TSTPlus and TSiTPlus work)."
     import importlib
     cls = getattr(importlib.import_module(f'tsai.models.{make}'), make)
     model = cls(1, 2, seq_len=128, **({'pred_dim': 2} if make == 'PatchTST' else {}))

@@ -1,4 +1,4 @@
-"tsai's TSTPlus as a backbone: any length, padding masks in the attention, causal attention, every task, transfer."
+"tsai's TSTPlus and TSiTPlus as backbones: any length, padding masks in the attention, causal attention, every task, transfer."
 import warnings
 
 import numpy as np
@@ -16,14 +16,29 @@ from tsai_ssl.transformer import InputSpec, TransformerBackbone, causal_attentio
 
 with warnings.catch_warnings():
     warnings.simplefilter('ignore')
+    from tsai.models.TSiTPlus import TSiTPlus
     from tsai.models.TSTPlus import TSTPlus
 
 SMALL = dict(d_model=32, n_heads=4, d_ff=64, n_layers=2)
+SMALL_TSIT = dict(d_model=32, n_heads=4, depth=2, verbose=False)
+KINDS = ['TSTPlus', 'TSiTPlus', 'TSiTPlus+token']
 
 
 def tst(seq_len, max_seq_len=512, **kw):
     torch.manual_seed(0)
     return TSTPlus(1, 3, seq_len=seq_len, max_seq_len=max_seq_len, flatten=False, **{**SMALL, **kw})
+
+
+def arch_kw(kind: str) -> tuple:
+    "(class, config) of a small Transformer of `kind` for ts_learner."
+    if kind == 'TSTPlus': return TSTPlus, dict(flatten=False, **SMALL)
+    return TSiTPlus, dict(use_token=kind.endswith('token'), **SMALL_TSIT)
+
+
+def small(kind: str, seq_len: int):
+    torch.manual_seed(0)
+    cls, kw = arch_kw(kind)
+    return cls(1, 3, seq_len=seq_len, **kw)
 
 
 @pytest.mark.parametrize('seq_len,max_seq_len,spec', [(200, 512, InputSpec(200, 1, 0, 200)),
@@ -35,6 +50,22 @@ def test_split_keeps_the_classifier_names_and_reads_the_input_spec(seq_len, max_
     assert isinstance(bb, TransformerBackbone) and bb.spec == spec == input_spec(model) and bb.nf == 32
     assert set(bb.state_dict()) <= set(model.state_dict()) and all(k.startswith('backbone.') for k in bb.state_dict())
     assert bb(torch.randn(3, 1, 77)).shape == (3, 32, 77)  # per-step features at any length up to seq_len
+
+
+@pytest.mark.parametrize('token', [False, True])
+def test_split_tsitplus_keeps_the_classifier_names(token):
+    model = TSiTPlus(1, 3, seq_len=120, use_token=token, **SMALL_TSIT)
+    bb = split_backbone(model)
+    assert bb.spec == InputSpec(120, 1, 0, 120, kind='TSiTPlus', token=token) and bb.nf == 32
+    assert set(bb.state_dict()) <= set(model.state_dict()) and 'backbone.pos_embed' in bb.state_dict()
+    assert bb(torch.randn(3, 1, 77)).shape == (3, 32, 77)  # the class token's output is not a step's feature
+
+
+def test_own_input_encodings_are_refused_with_the_reason():
+    with pytest.raises(TypeError, match='own input encoding.*token_size'):
+        split_backbone(TSiTPlus(1, 3, seq_len=120, token_size=4, **SMALL_TSIT))
+    with pytest.raises(TypeError, match='user-configured convolution'):
+        split_backbone(TSTPlus(1, 3, seq_len=120, kernel_size=3, padding=1, **SMALL))
 
 
 def test_pad_to_spec_masks_right_padding_only():
@@ -49,9 +80,11 @@ def test_pad_to_spec_masks_right_padding_only():
         pad_to_spec(torch.ones(1, 1, 11), None, spec)
 
 
-@pytest.mark.parametrize('seq_len,max_seq_len', [(200, 512), (300, 64)])
-def test_a_series_gets_the_same_features_alone_and_in_a_padded_batch(seq_len, max_seq_len):
-    bb = split_backbone(tst(seq_len, max_seq_len)).eval()
+@pytest.mark.parametrize('make', [lambda: tst(200), lambda: tst(300, 64), lambda: small('TSiTPlus', 200),
+                                  lambda: small('TSiTPlus+token', 200)], ids=['TSTPlus', 'TSTPlus-patches', 'TSiTPlus',
+                                                                             'TSiTPlus+token'])
+def test_a_series_gets_the_same_features_alone_and_in_a_padded_batch(make):
+    bb = split_backbone(make()).eval()
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 1, 180, generator=g)
     pm = torch.ones(4, 180, dtype=torch.bool); pm[0, 90:] = False
@@ -79,13 +112,17 @@ def test_training_batchnorm_uses_real_positions_only():
     assert torch.allclose(a, b, atol=1e-5)
 
 
-def test_causal_attention_has_no_future_leak_with_one_position_per_step():
-    bb = split_backbone(tst(96))
+@pytest.mark.parametrize('make', [lambda: tst(96), lambda: small('TSiTPlus', 96), lambda: small('TSiTPlus+token', 96),
+                                  lambda: TSiTPlus(1, 3, seq_len=96, lsa=True, **SMALL_TSIT)],
+                         ids=['TSTPlus', 'TSiTPlus', 'TSiTPlus+token', 'TSiTPlus-lsa'])
+def test_causal_attention_has_no_future_leak_with_one_position_per_step(make):
+    bb = split_backbone(make())
     with pytest.raises(AssertionError, match='Future leak'):
         check_causal(bb, c_in=1)  # plain attention sees every step
     with causal(bb):
         check_causal(bb, c_in=1)
         assert lookahead(bb, 1) == 0
+        assert torch.isfinite(bb(torch.randn(2, 1, 96))).all()  # every query keeps a key (LSA masks the diagonal)
     assert bb.causal_attention is False  # restored
     with pytest.raises(NotImplementedError, match='causal_attention'):
         lookahead(bb, 1)
@@ -116,27 +153,35 @@ def _counts(n=48, seed=0, n_classes=0):
     return ar_counts(n, min_len=60, max_len=160, seed=seed, n_classes=n_classes)
 
 
+def _pos(model) -> torch.Tensor:
+    b = model.backbone
+    return (b.W_pos if hasattr(b, 'W_pos') else b.pos_embed).detach().cpu().clone()
+
+
+@pytest.mark.parametrize('kind', ['TSTPlus', 'TSiTPlus'])
 @pytest.mark.parametrize('Task', ALL_TASKS, ids=lambda T: T.task_name)
-def test_every_task_pretrains_a_tstplus_and_loads_into_the_classifier(Task, tmp_path):
+def test_every_task_pretrains_a_transformer_and_loads_into_the_classifier(Task, kind, tmp_path):
     dls = unlabeled_dls(48, bs=16)
     kw = {'n_values': 41} if 'n_values' in Task.__init__.__code__.co_varnames else {}
     task = Task(save_as=tmp_path / 'w.pth', **kw)
-    learn = ts_learner(dls, TSTPlus, seq_len=160, flatten=False, cbs=task, **SMALL)
+    cls, akw = arch_kw(kind)
+    learn = ts_learner(dls, cls, seq_len=160, cbs=task, **akw)
     fit_quiet(learn, 1)
-    assert type(learn.model).__name__ == 'TSTPlus'  # restored
+    assert type(learn.model).__name__ == kind  # restored
     X, y = _counts(24, n_classes=3)
-    clf = ts_learner(get_ssl_dls(X, y, bs=8), TSTPlus, seq_len=160, flatten=False, metrics=accuracy,
-                     cbs=IgnorePadding(), **SMALL)
-    before = clf.model.backbone.W_pos.detach().clone()
+    clf = ts_learner(get_ssl_dls(X, y, bs=8), cls, seq_len=160, metrics=accuracy, cbs=IgnorePadding(), **akw)
+    before = _pos(clf.model)
     report = load_pretrained(clf, tmp_path / 'w.pth')
-    assert report.transferred and not torch.equal(clf.model.backbone.W_pos, before)
-    assert torch.equal(clf.model.backbone.W_pos.cpu(), learn.model.backbone.W_pos.cpu())
+    assert report.transferred and not torch.equal(_pos(clf.model), before)
+    assert torch.equal(_pos(clf.model), _pos(learn.model))
 
 
-def test_classifier_takes_variable_lengths_and_predicts_independently_of_batching():
+@pytest.mark.parametrize('kind', KINDS)
+def test_classifier_takes_variable_lengths_and_predicts_independently_of_batching(kind):
     X, y = _counts(40, n_classes=3)
     dls = get_ssl_dls(X, y, bs=8)
-    learn = ts_learner(dls, TSTPlus, seq_len=160, flatten=False, metrics=accuracy, cbs=IgnorePadding(), **SMALL)
+    cls, akw = arch_kw(kind)
+    learn = ts_learner(dls, cls, seq_len=160, metrics=accuracy, cbs=IgnorePadding(), **akw)
     fit_quiet(learn, 1)
     p8, _ = learn.get_preds(dl=dls.test_dl(X[:16], exact=False, bs=8))
     p1, _ = learn.get_preds(dl=dls.test_dl(X[:16], exact=False, bs=1))
@@ -160,11 +205,12 @@ def test_runs_need_seq_len_and_say_which_series_is_too_long():
         pretrain_mvp(X, cfg.replace(arch_config=dict(seq_len=160, max_seq_len=32, **SMALL)), path='unused')
 
 
-def test_a_tstplus_pretrains_and_finetunes_through_the_run_api(tmp_path):
+@pytest.mark.parametrize('arch,config', [('TSTPlus', dict(max_seq_len=64, flatten=False, **SMALL)),
+                                         ('TSiTPlus', SMALL_TSIT)])
+def test_a_transformer_pretrains_and_finetunes_through_the_run_api(arch, config, tmp_path):
     from tsai_ssl.experiment import RunConfig, finetune, pretrain
     X, y = _counts(32, n_classes=2)
-    cfg = RunConfig(arch='TSTPlus', arch_config=dict(seq_len=160, max_seq_len=64, flatten=False, **SMALL),
-                    pretrain_steps=4, finetune_steps=4, bs=8)
+    cfg = RunConfig(arch=arch, arch_config=dict(seq_len=160, **config), pretrain_steps=4, finetune_steps=4, bs=8)
     w = pretrain(X, 'next', cfg, path=tmp_path / 'next.pth')
     acc = finetune(X[:16], y[:16], X[16:], y[16:], cfg, weights=w)
     assert 0 <= acc <= 1

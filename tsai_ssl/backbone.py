@@ -10,7 +10,7 @@ Supported: tsai models with ``.backbone``/``.head`` (ResNetPlus, InceptionTimePl
 FCNPlus, ... as built by `ts_learner`), tsai's plain ResNet, FCN, InceptionTime, XceptionTime, ResCNN,
 TCN, any ``nn.Sequential`` whose first global pooling layer ends the backbone, and any other module that
 `torch.fx` can trace (the user story's ``encoder -> conv body -> mean over time -> linear``): the graph is
-cut at the first global pooling over time. tsai's Transformer `TSTPlus` gets a `tsai_ssl.transformer.TransformerBackbone`
+cut at the first global pooling over time. tsai's Transformers `TSTPlus` and `TSiTPlus` get a `tsai_ssl.transformer.TransformerBackbone`
 (any length up to its seq_len, padding masks in the attention, causal attention for next-step prediction).
 """
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _structure_error(model: nn.Module, why: str) -> str:
 
 
 # tsai's Transformer classifiers other than TSTPlus (`tsai_ssl.transformer`): no padding mask in their encoders
-_TRANSFORMERS = {'TST', 'MultiTSTPlus', 'PatchTST', 'TSiT', 'TSiTPlus', 'TSPerceiver', 'TransformerModel',
+_TRANSFORMERS = {'TST', 'MultiTSTPlus', 'PatchTST', 'TSPerceiver', 'TransformerModel',
                  'TransformerRNNPlus', 'TransformerLSTMPlus', 'TransformerGRUPlus', 'gMLP', 'TSSequencerPlus'}
 
 
@@ -137,7 +137,7 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
     """
     name = getattr(model, '__name__', type(model).__name__)
     if isinstance(model, Backbone): return model
-    if type(model).__name__ == 'TSTPlus':
+    if type(model).__name__ in ('TSTPlus', 'TSiTPlus'):
         from .transformer import TransformerBackbone
         bb = TransformerBackbone(model, arch=name)
         bb.training = model.training
@@ -146,9 +146,9 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
         raise TypeError(f'{type(model).__name__} is one of tsai\'s Transformer classifiers that tsai-ssl does not '
                         'support: its encoder takes no padding mask and its positional encoding fixes the input '
                         'length, while the pretext tasks crop series and batch varying lengths (and next-step '
-                        'prediction needs a causal attention mask). Use TSTPlus (padding masks, causal attention, '
-                        'patches for long series) or a CNN (ResNetPlus, InceptionTimePlus, XceptionTimePlus, '
-                        'FCNPlus, TCN, or your own nn.Module).')
+                        'prediction needs a causal attention mask). Use TSTPlus or TSiTPlus (padding masks in the '
+                        'attention, causal attention; TSTPlus embeds patches of long series), or a CNN (ResNetPlus, '
+                        'InceptionTimePlus, XceptionTimePlus, FCNPlus, TCN, or your own nn.Module).')
     if isinstance(getattr(model, 'backbone', None), nn.Module) and isinstance(getattr(model, 'head', None), nn.Module):
         bb = Backbone({'backbone': model.backbone}, arch=name)
     elif type(model).__name__ in _SEQUENTIAL_PARTS and all(hasattr(model, p) for p in _SEQUENTIAL_PARTS[type(model).__name__]):

@@ -18,8 +18,8 @@ __all__ = ['RunConfig', 'ARCHS', 'TRANSFORMER_ARCHS', 'RECIPES', 'STANDARDIZE', 
 
 # tsai classifiers `split_backbone` supports (their time axis is kept until global pooling)
 ARCHS = ('ResNet', 'ResNetPlus', 'InceptionTime', 'InceptionTimePlus', 'XceptionTime', 'XceptionTimePlus',
-         'FCN', 'FCNPlus', 'ResCNN', 'TCN', 'TSTPlus')
-TRANSFORMER_ARCHS = ('TSTPlus',)  # need arch_config seq_len (`tsai_ssl.transformer`)
+         'FCN', 'FCNPlus', 'ResCNN', 'TCN', 'TSTPlus', 'TSiTPlus')
+TRANSFORMER_ARCHS = ('TSTPlus', 'TSiTPlus')  # need arch_config seq_len (`tsai_ssl.transformer`)
 
 
 RECIPES = ('full', 'lp-ft', 'frozen')  # fine-tuning from pretrained weights, see RunConfig

@@ -295,8 +295,8 @@ class IgnorePadding(Callback):
     GAP1d/GACP1d heads and fastai's AdaptiveConcatPool1d) pool over real steps only. In eval mode a series then
     gets the prediction it gets alone, whatever it is batched with. Batches without padding are untouched.
     A pooling written as ``x.mean(-1)`` in a model's forward cannot be hooked: use ``nn.AdaptiveAvgPool1d(1)``.
-    A `TSTPlus` classifier gets each batch right-padded to its ``seq_len`` with the padded positions masked in the
-    attention (`tsai_ssl.transformer`), so it takes variable-length batches and `test_dl` series of any length up to
+    A `TSTPlus` or `TSiTPlus` classifier gets each batch right-padded to its ``seq_len`` with the padded positions
+    masked in the attention (`tsai_ssl.transformer`), so it takes variable-length batches and `test_dl` series of any length up to
     its ``seq_len``. During pretraining the pretext model is covered too: a task made with ``pad_aware=False`` gets a padding-aware
     backbone while this callback is attached (its views' masks reach it through the pretext model's forward).
 
@@ -310,7 +310,7 @@ class IgnorePadding(Callback):
 
     def __init__(self, batchnorm: bool = True):
         self.batchnorm = batchnorm
-        self._pa, self._hooks, self._pretext, self._installed, self._spec = None, [], None, False, None
+        self._pa, self._hooks, self._pretext, self._installed, self._spec, self._attn = None, [], None, False, None, None
 
     def _install(self):
         self._installed = True
@@ -320,17 +320,19 @@ class IgnorePadding(Callback):
                 self._pa = PaddingAware(model.backbone, self.batchnorm).__enter__()
                 model.pa, self._pretext = self._pa, model
             return
-        from .transformer import input_spec
+        from .transformer import AttentionMasks, input_spec
         self._spec = input_spec(model)
+        if self._spec is not None and self._spec.kind == 'TSiTPlus': self._attn = AttentionMasks(model).__enter__()
         self._pa = PaddingAware(model, self.batchnorm).__enter__()
         self._hooks = [m.register_forward_hook(self._pool_hook) for m in model.modules()
                        if isinstance(m, (nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)) and _to_one(m.output_size)]
 
     def _remove(self):
         for h in self._hooks: h.remove()
+        if self._attn is not None: self._attn.__exit__(None, None, None)
         if self._pa is not None: self._pa.__exit__(None, None, None)
         if self._pretext is not None: self._pretext.pa = None
-        self._pa, self._hooks, self._pretext, self._installed, self._spec = None, [], None, False, None
+        self._pa, self._hooks, self._pretext, self._installed, self._spec, self._attn = None, [], None, False, None, None
 
     def before_fit(self): self._remove()  # left over from a fit that an exception ended (fastai ran no after_fit)
 
@@ -345,14 +347,20 @@ class IgnorePadding(Callback):
 
     def model_input(self, x, pad_mask):
         """What the classifier takes for the batch `x` with `pad_mask`, and the mask for its padding-aware layers:
-        ``(x, pad_mask)`` for a CNN; for a TSTPlus ``((x padded to seq_len, key_padding_mask), real positions)``."""
+        ``(x, pad_mask)`` for a CNN; for a TSTPlus ``((x padded to seq_len, key_padding_mask), real positions)``;
+        for a TSiTPlus ``(x padded to seq_len, real positions)``, its attention layers getting the key padding mask
+        of that input for the next forwards."""
         if self._spec is None or not torch.is_tensor(x): return x, pad_mask
-        from .transformer import pad_to_spec
+        from .transformer import _with_token, pad_to_spec
         x, pos_real = pad_to_spec(x, pad_mask, self._spec)
+        if self._attn is not None:
+            self._attn.key_padding_mask = _with_token(~pos_real, self._spec)
+            return x, pos_real
         return (x, ~pos_real), pos_real  # tsai: key_padding_mask True = padded; BatchNorm and pooling: real positions
 
     def after_pred(self):
         if self._pa is not None and self._pretext is None: self._pa.pad_mask = None
+        if self._attn is not None: self._attn.key_padding_mask = None
 
     def _pool_hook(self, mod, args, out):
         m = self._pa._mask_for(args[0]) if self._pa is not None else None

@@ -301,7 +301,7 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     seq_len = transformer_seq_len(cfg)  # a Transformer takes seq_len steps: NaN-padded to it (TSTPlus masks NaN steps)
     if seq_len is not None:
         _check_fits(cfg, series, 'X', cropped=False); L = seq_len
-        if seq_len > (cfg.arch_config or {}).get('max_seq_len', 512):
+        if cfg.arch_name == 'TSTPlus' and seq_len > (cfg.arch_config or {}).get('max_seq_len', 512):
             raise InputError(f"tsai's MVP predicts one output per input step, and this {cfg.arch_name} embeds patches "
                              f'(seq_len {seq_len} > max_seq_len): build it with max_seq_len >= seq_len for MVP, or use '
                              "tsai-ssl's masked task, which runs on patches.")

@@ -1,12 +1,15 @@
-"""tsai's Transformer classifier `TSTPlus` as a tsai-ssl backbone: any length, padding masks in the attention.
+"""tsai's Transformer classifiers `TSTPlus` and `TSiTPlus` as tsai-ssl backbones: any length, padding masks in the attention.
 
-A `TSTPlus` takes inputs of exactly the ``seq_len`` it was built with: its positional encoding is a learnt
-``(Q, d_model)`` table, and when ``seq_len > max_seq_len`` a strided convolution first embeds patches of ``k``
-steps (``Q = max_seq_len`` positions). Pretext tasks crop series and batch varying lengths, so:
+Both take inputs of exactly the ``seq_len`` they were built with: their positional encoding is a learnt
+``(Q, d_model)`` table. When ``seq_len > max_seq_len`` a TSTPlus first embeds patches of ``k`` steps with a strided
+convolution (``Q = max_seq_len`` positions); a TSiTPlus (a ViT) has one position per step, and optionally a class
+token in front. Pretext tasks crop series and batch varying lengths, so:
 
 * every batch is right-padded to ``seq_len`` (zeros) and the padded positions reach the attention as tsai's own
-  ``key_padding_mask`` (a position is padding when none of its ``k`` steps is real; tsai's centring pad on the left
-  counts as real: it is the same for every series, and a causal row must keep one key);
+  ``key_padding_mask`` (TSTPlus takes it as input; a TSiTPlus's encoder has no argument for it, so forward
+  pre-hooks hand it to each attention layer, `AttentionMasks`). A position is padding when none of its ``k`` steps
+  is real; tsai's centring pad on the left counts as real: it is the same for every series, and a causal row must
+  keep one key;
 * the features of position ``q`` are repeated for its ``k`` steps and cropped to the input's length, so the backbone
   returns per-step features ``(bs, d_model, L)`` like a CNN's (a whole patch shares one feature vector);
 * next-step prediction runs with a causal attention mask (``attn_mask``, same parameters): the output at step ``t``
@@ -15,11 +18,12 @@ steps (``Q = max_seq_len`` positions). Pretext tasks crop series and batch varyi
 
 The padding is batch-independent by construction: a series is always padded to ``seq_len``, whatever its batch.
 `tsai_ssl.IgnorePadding` does the same for the classifier (training, validation, `get_preds` on `test_dl`), so a
-TSTPlus classifier takes variable-length batches. Cost: attention over ``Q`` positions whatever the crop, so
-``max_seq_len`` (512 by default) is the knob for long series.
+Transformer classifier takes variable-length batches. Cost: attention over ``Q`` positions whatever the crop, so
+for long series TSTPlus's ``max_seq_len`` (512 by default) is the knob; a TSiTPlus attends over every step.
 
-Not supported (`split_backbone` says why): TSTPlus built with convolution keyword arguments (its own input
-encoding), and tsai's other Transformers (TST, PatchTST, TSiTPlus, ...): their encoders take no padding mask.
+Not supported (`split_backbone` and `input_spec` say why): TSTPlus built with convolution keyword arguments, TSiTPlus
+with a tokenizer, feature extractor or categorical embeddings (their own input encodings), and tsai's other
+Transformers (TST, PatchTST, ...).
 """
 from __future__ import annotations
 
@@ -33,23 +37,39 @@ import torch.nn.functional as F
 
 from .backbone import Backbone
 
-__all__ = ['InputSpec', 'input_spec', 'pad_to_spec', 'TransformerBackbone', 'causal_attention']
+__all__ = ['InputSpec', 'input_spec', 'pad_to_spec', 'TransformerBackbone', 'causal_attention', 'AttentionMasks']
 
 
 @dataclass(frozen=True)
 class InputSpec:
-    "What a TSTPlus takes: ``seq_len`` steps, embedded ``patch`` at a time into ``n_pos`` positions."
+    "What a Transformer takes: ``seq_len`` steps, embedded ``patch`` at a time into ``n_pos`` positions."
     seq_len: int    # S: input steps the classifier was built for
     patch: int      # k: steps per attention position (1: one position per step)
     pad_left: int   # steps tsai pads on the left before patching (centres S in k * n_pos)
     n_pos: int      # Q: attention positions (rows of the positional encoding)
+    kind: str = 'TSTPlus'   # 'TSTPlus' (takes (x, key_padding_mask)) or 'TSiTPlus' (masks through `AttentionMasks`)
+    token: bool = False     # TSiTPlus: a class token in front of the positions
 
 
-def _tst(model: nn.Module) -> nn.Module | None:
-    "The `_TSTBackbone` of a TSTPlus (or that backbone itself); None for any other model."
-    if type(model).__name__ == '_TSTBackbone': return model
-    if type(model).__name__ == 'TSTPlus': return model.backbone
+_BACKBONES = {'_TSTBackbone': 'TSTPlus', '_TSiTBackbone': 'TSiTPlus'}
+
+
+def _encoder(model: nn.Module) -> nn.Module | None:
+    "The backbone module of a TSTPlus / TSiTPlus (or that backbone itself); None for any other model."
+    if type(model).__name__ in _BACKBONES: return model
+    if type(model).__name__ in _BACKBONES.values(): return model.backbone
     return None
+
+
+def _tsit_spec(tsit: nn.Module) -> InputSpec:
+    own = [n for n in ('to_cat_embed', 'tokenizer', 'feature_extractor') if not isinstance(getattr(tsit, n), nn.Identity)]
+    if own or not tsit.use_pe:
+        raise TypeError(f"This TSiTPlus has its own input encoding ({', '.join(own) or 'use_pe=False'}); tsai-ssl "
+                        'supports the default one (a linear projection of each step and a learnt positional '
+                        'embedding). Build it without tokenizer, token_size, feature_extractor or n_cat_embeds, or '
+                        'use TSTPlus, whose max_seq_len embeds patches of long series.')
+    S = int(tsit.pos_embed.shape[1])
+    return InputSpec(S, 1, 0, S, kind='TSiTPlus', token=bool(tsit.use_token))
 
 
 def input_spec(model: nn.Module) -> InputSpec | None:
@@ -64,8 +84,9 @@ def input_spec(model: nn.Module) -> InputSpec | None:
         ```
     """
     if isinstance(model, TransformerBackbone): return model.spec
-    tst = _tst(model)
+    tst = _encoder(model)
     if tst is None: return None
+    if _BACKBONES[type(tst).__name__] == 'TSiTPlus': return _tsit_spec(tst)
     Q = int(tst.seq_len)
     if isinstance(tst.W_P, nn.Linear): return InputSpec(Q, 1, 0, Q)
     parts = list(tst.W_P.children()) if isinstance(tst.W_P, nn.Sequential) else []
@@ -89,9 +110,9 @@ def pad_to_spec(x: torch.Tensor, pad_mask: torch.Tensor | None, spec: InputSpec)
     bs, C, L = x.shape
     S, k = spec.seq_len, spec.patch
     if L > S:
-        raise ValueError(f'A batch of {L} steps reached a TSTPlus built for seq_len={S}: it takes at most seq_len '
+        raise ValueError(f'A batch of {L} steps reached a {spec.kind} built for seq_len={S}: it takes at most seq_len '
                          f'steps. Build it with seq_len >= the longest series (arch_config seq_len={L} or more; '
-                         'max_seq_len bounds the attention cost) or crop the series to at most '
+                         "TSTPlus's max_seq_len bounds the attention cost) or crop the series to at most "
                          f'{S} steps (max_len={S}).')
     real = torch.ones(bs, L, dtype=torch.bool, device=x.device) if pad_mask is None else pad_mask.to(x.device)
     x = F.pad(x.masked_fill(~real[:, None], 0.), (0, S - L))
@@ -127,7 +148,7 @@ class TransformerBackbone(Backbone):
     takes_pad_mask = True  # `PaddingAware` hands this module its mask (see tsai_ssl.padding)
 
     def __init__(self, model: nn.Module, arch: str = 'TSTPlus'):
-        super().__init__({'backbone': _tst(model)}, arch=arch)
+        super().__init__({'backbone': _encoder(model)}, arch=arch)
         self.spec = input_spec(model)
         self.nf = _d_model(self.backbone)
         self.causal_attention = False
@@ -139,31 +160,87 @@ class TransformerBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .padding import active_owner
-        tst, spec = self.backbone, self.spec
+        enc, spec = self.backbone, self.spec
         L = x.shape[-1]
         pa = active_owner(self)
-        mask = pa._mask_for(x) if pa is not None else None
-        x, pos_real = pad_to_spec(x, mask, spec)
-        saved_attn = tst.attn_mask
-        if self.causal_attention:
-            Q = spec.n_pos
-            tst.attn_mask = torch.ones(Q, Q, dtype=torch.bool, device=x.device).triu(1)  # True: key after query
+        x, pos_real = pad_to_spec(x, pa._mask_for(x) if pa is not None else None, spec)
         saved_mask = pa.pad_mask if pa is not None else None
-        if pa is not None: pa.pad_mask = pos_real  # the encoder's BatchNorm: statistics over real positions
+        if pa is not None: pa.pad_mask = pos_real  # a TSTPlus's BatchNorm: statistics over real positions
         try:
-            z = tst((x, ~pos_real))  # (bs, d_model, Q); tsai: key_padding_mask True = padded
+            if spec.kind == 'TSiTPlus':
+                with AttentionMasks(enc, causal=self.causal_attention) as am:
+                    am.key_padding_mask = _with_token(~pos_real, spec)
+                    z = enc(x)[..., int(spec.token):]  # (bs, d_model, Q): the class token's output dropped
+            else:
+                saved_attn = enc.attn_mask
+                if self.causal_attention: enc.attn_mask = _causal_mask(spec.n_pos, x.device)
+                try: z = enc((x, ~pos_real))  # (bs, d_model, Q); tsai: key_padding_mask True = padded
+                finally: enc.attn_mask = saved_attn
         finally:
-            tst.attn_mask = saved_attn
             if pa is not None: pa.pad_mask = saved_mask
         return z[..., _positions(spec, L, z.device)]  # (bs, d_model, L)
 
 
-def _d_model(tst: nn.Module) -> int:
-    "The width of a `_TSTBackbone`: the output size of its input encoding (its first module)."
-    for m in tst.modules():
+def _causal_mask(n: int, device) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)  # True: the key comes after the query
+
+
+def _with_token(key_padding_mask: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    return F.pad(key_padding_mask, (1, 0), value=False) if spec.token else key_padding_mask
+
+
+def _d_model(enc: nn.Module) -> int:
+    "The width of a Transformer backbone: the output size of its input encoding (its first projection)."
+    for m in enc.modules():
         if isinstance(m, nn.Linear): return m.out_features
         if isinstance(m, nn.Conv1d): return m.out_channels
-    raise TypeError('cannot find the width of this TSTPlus')
+    raise TypeError('cannot find the width of this Transformer')
+
+
+class AttentionMasks:
+    """Hands every tsai ``MultiheadAttention`` inside `module` a key padding mask and, with ``causal``, a causal mask,
+    through forward pre-hooks (a TSiTPlus's encoder layers call their attention without them). A context manager;
+    set ``key_padding_mask`` (bool ``(bs, positions)``, True = padded; None: no mask) before each forward.
+
+    Example:
+        ```python
+        from tsai.models.TSiTPlus import TSiTPlus
+        model = TSiTPlus(1, 2, seq_len=64, depth=2, verbose=False)
+        with AttentionMasks(model) as am:
+            am.key_padding_mask = torch.arange(64)[None].repeat(4, 1) >= 40   # the last 24 steps padded
+            out = model(torch.randn(4, 1, 64))
+        ```
+    """
+
+    def __init__(self, module: nn.Module, causal: bool = False):
+        self.module, self.causal = module, causal
+        self.key_padding_mask: torch.Tensor | None = None
+        self._handles = []
+
+    def __enter__(self) -> 'AttentionMasks':
+        self._handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in self.module.modules()
+                         if type(m).__name__ == 'MultiheadAttention' and not isinstance(m, nn.MultiheadAttention)]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self._handles: h.remove()
+        self._handles, self.key_padding_mask = [], None
+        return False
+
+    def _hook(self, mod, args, kwargs):
+        q = args[0] if args else kwargs['Q']  # (bs, positions, d_model)
+        kpm = self.key_padding_mask
+        if kpm is not None and kpm.shape != q.shape[:2]: kpm = None  # not this input's positions
+        am = kwargs.get('attn_mask')
+        if self.causal:
+            c = _causal_mask(q.shape[1], q.device)
+            if am is not None:  # with LSA's diagonal mask: both, but the first position keeps itself (one key)
+                c = am | c
+                c[..., 0, 0] = False
+            am = c
+        if kpm is None and am is kwargs.get('attn_mask'): return None
+        return args, {**kwargs, 'key_padding_mask': kpm if kpm is not None else kwargs.get('key_padding_mask'),
+                      'attn_mask': am}
 
 
 @contextlib.contextmanager

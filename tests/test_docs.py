@@ -95,3 +95,14 @@ def test_own_module_guide_runs_as_written(tmp_path, monkeypatch):
     from tsai_ssl import lookahead, split_backbone
     assert (tmp_path / 'models' / 'ssl_net.pth').exists()
     assert lookahead(split_backbone(ns['Net'](2)), c_in=1) == 24  # the figure the guide states
+
+
+def test_transformers_guide_runs_as_written(tmp_path, monkeypatch):
+    "The guide's code (a TSTPlus pretrained with next-step on patches, then the standard classifier) runs unchanged."
+    code = re.findall(r'```python\n(.*?)```', (DOCS / 'guides' / 'transformers.md').read_text(), re.S)[0]
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(code, 'transformers.md', 'exec'), ns)
+    assert (tmp_path / 'models' / 'ssl_tst.pth').exists() and tuple(ns['preds'].shape) == (8, 2)
+    task = next(cb for cb in ns['learn'].cbs if type(cb).__name__ == 'NextStepPretrain')
+    assert task.pretext_head.shift == 7  # patches of 8 steps: 'shift' predicts 7 steps past a feature

@@ -224,3 +224,15 @@ def test_semi_supervised_fine_tuning_with_pseudo_labels_on_a_tstplus():
                     semi_weight=1., pseudo_threshold=0.)
     acc = finetune(X[:16], y[:16], X[16:], y[16:], cfg, semi_task='masked', X_unlabeled=X)
     assert 0 <= acc <= 1
+
+
+def test_compare_runs_a_transformer_with_its_plan(tmp_path):
+    "compare's plan times a step at the Transformer's seq_len; scratch and a task run and are reported."
+    from tsai_ssl.experiment import RunConfig, compare
+    X, y = _counts(32, n_classes=2)
+    cfg = RunConfig(arch='TSTPlus', arch_config=dict(seq_len=160, max_seq_len=32, flatten=False, **SMALL),
+                    pretrain_steps=3, finetune_steps=3, bs=8)
+    rows = compare(X[:20], y[:20], X[20:], y[20:], config=cfg, tasks=['contrastive'], fractions=[1.0], seeds=[0],
+                   workdir=tmp_path, probe=False, progress=False)
+    scored = [r for r in rows if r['fraction'] is not None]  # (the others record the pretraining)
+    assert {r['method'] for r in scored} == {'scratch', 'contrastive'} and all(0 <= r['accuracy'] <= 1 for r in scored)

@@ -157,12 +157,13 @@ def seconds_per_unit(cfg: RunConfig, c_in: int, c_out: int, length: int, device=
     import torch
     from tsai.models.utils import build_ts_model
     dev = resolve_device(cfg.device if device is None else device)
+    kw = dict(cfg.arch_config or {})
+    run_len = kw.pop('seq_len', length)  # a Transformer runs every batch padded to its seq_len
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        model = build_ts_model(get_arch(cfg.arch), c_in=c_in, c_out=c_out, seq_len=length, device=dev,
-                               **(cfg.arch_config or {}))
+        model = build_ts_model(get_arch(cfg.arch), c_in=c_in, c_out=c_out, seq_len=run_len, device=dev, **kw)
     opt = torch.optim.Adam(model.parameters(), 1e-4)
-    x = torch.randn(cfg.bs, c_in, length, device=dev)
+    x = torch.randn(cfg.bs, c_in, run_len, device=dev)
     y = torch.randint(0, c_out, (cfg.bs,), device=dev)
     times = []
     for _ in range(n_steps + 1):
@@ -171,7 +172,7 @@ def seconds_per_unit(cfg: RunConfig, c_in: int, c_out: int, length: int, device=
         opt.zero_grad(); loss.backward(); opt.step()
         if dev.type == 'cuda': torch.cuda.synchronize()
         times.append(time.time() - t0)
-    return float(np.median(times[1:])) / (cfg.bs * length)
+    return float(np.median(times[1:])) / (cfg.bs * length)  # per real step of a `length`-step series
 
 
 def epochs_for_steps(n_labeled: int, epochs: int, bs: int, min_steps: int = 0) -> int:

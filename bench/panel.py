@@ -159,6 +159,31 @@ def report(a) -> str:
     return '\n'.join(out)
 
 
+def versus(a) -> str:
+    """Markdown: each method of this budget against the same method of the budget `--versus` (another architecture,
+    same sets, fractions and seeds: the same labeled subsets), mean ± std and the paired difference [95% CI]."""
+    from tsai_ssl.experiment import method_label, paired_ci
+    cache = read_cache()
+    mine = {(r['set'], r['method'], r['fraction'], r['seed']): r['accuracy'] for r in cache if r['budget'] == budget_key(a)}
+    base = {(r['set'], r['method'], r['fraction'], r['seed']): r['accuracy'] for r in cache if r['budget'] == a.versus}
+    out = [f'`{budget_key(a)}` against `{a.versus}`: accuracy % (this one / the other), mean over seeds; in brackets '
+           'the paired difference (this - the other) [95% CI] in points.', '',
+           '| set | labels | ' + ' | '.join(method_label(m) for m in a.methods) + ' |', '|' + '---|' * (len(a.methods) + 2)]
+    for name in a.sets:
+        for frac in a.fractions:
+            line = [name, f'{frac:.0%}']
+            for m in a.methods:
+                seeds = [s for s in a.seeds if (name, m, frac, s) in mine and (name, m, frac, s) in base]
+                if not seeds: line.append('-'); continue
+                d = [100 * (mine[name, m, frac, s] - base[name, m, frac, s]) for s in seeds]
+                ci = paired_ci(d)
+                line.append(f'{100 * np.mean([mine[name, m, frac, s] for s in seeds]):.1f} / '
+                            f'{100 * np.mean([base[name, m, frac, s] for s in seeds]):.1f} ({np.mean(d):+.1f}'
+                            + (f' [{ci[0]:+.1f}, {ci[1]:+.1f}]' if ci else '') + ')')
+            out.append('| ' + ' | '.join(line) + ' |')
+    return '\n'.join(out)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--sets', nargs='+', default=['ArrowHead', 'GunPoint', 'ACSF1', 'PLAID', 'synthetic'])
@@ -181,9 +206,12 @@ def main(argv=None):
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--report', action='store_true', help='only print the tables from the cache')
+    p.add_argument('--versus', default='', metavar='BUDGET',
+                   help='also compare each method with the cached cells of another budget key (e.g. another --arch)')
     a = p.parse_args(argv)
     if not a.report: run(a)
     print(report(a))
+    if a.versus: print('\n' + versus(a))
 
 
 if __name__ == '__main__':

@@ -190,6 +190,22 @@ def test_classifier_takes_variable_lengths_and_predicts_independently_of_batchin
         learn.get_preds(dl=dls.test_dl([np.zeros((1, 200), np.float32)]))
 
 
+def test_exported_transformer_classifier_predicts_the_same(tmp_path):
+    "learn.export() / load_learner keep IgnorePadding: the loaded classifier takes variable lengths, same predictions."
+    from fastai.learner import load_learner
+    X, y = _counts(24, n_classes=2)
+    dls = get_ssl_dls(X, y, bs=8)
+    learn = ts_learner(dls, TSTPlus, seq_len=160, metrics=accuracy, cbs=IgnorePadding(), flatten=False, **SMALL)
+    fit_quiet(learn, 1)
+    learn.export(tmp_path / 'clf.pkl')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        loaded = load_learner(tmp_path / 'clf.pkl')
+    p, _ = learn.get_preds(dl=dls.test_dl(X[:8], exact=False, bs=4))
+    q, _ = loaded.get_preds(dl=loaded.dls.test_dl(X[:8], exact=False, bs=4))
+    assert torch.allclose(p, q, atol=1e-6)
+
+
 def test_runs_need_seq_len_and_say_which_series_is_too_long():
     from tsai_ssl.errors import InputError
     from tsai_ssl.experiment import RunConfig, finetune, pretrain, pretrain_mvp

@@ -99,6 +99,40 @@ def test_a_series_gets_the_same_features_alone_and_in_a_padded_batch(make):
         assert not torch.allclose(bb(x)[0, :, :90], alone[0], atol=1e-3)
 
 
+@pytest.mark.parametrize('make', [lambda: tst(200), lambda: tst(300, 64), lambda: small('TSiTPlus', 200),
+                                  lambda: small('TSiTPlus+token', 200),
+                                  lambda: TSiTPlus(1, 3, seq_len=200, lsa=True, **SMALL_TSIT)],
+                         ids=['TSTPlus', 'TSTPlus-patches', 'TSiTPlus', 'TSiTPlus+token', 'TSiTPlus-lsa'])
+def test_features_are_tsais_own_at_full_length_and_the_classifiers_when_padded(make):
+    """At seq_len the backbone computes what tsai's forward does with the same masks (it runs only the positions a
+    batch needs, with its own code for that); on a padded batch, what the classifier computes under IgnorePadding."""
+    from tsai_ssl.transformer import AttentionMasks, _with_token
+    model = make().eval()
+    bb, spec = split_backbone(model), input_spec(model)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 1, spec.seq_len, generator=g)
+    pos = torch.div(torch.arange(spec.seq_len) + spec.pad_left, spec.patch, rounding_mode='floor')
+    _, pos_real = pad_to_spec(x, None, spec)  # patches of tsai's own right pad count as padding
+    with torch.no_grad(), AttentionMasks(model) as am:
+        if spec.kind == 'TSiTPlus':
+            am.key_padding_mask = _with_token(~pos_real, spec)
+            own = model.backbone(x)[..., int(spec.token):]
+        else: own = model.backbone((x, ~pos_real))
+        assert torch.allclose(bb(x), own[..., pos], atol=1e-5)
+    pm = torch.ones(3, spec.seq_len - 40, dtype=torch.bool); pm[1, 60:] = False; pm[2, 20:] = False
+    ip = IgnorePadding()
+    ip._spec, ip._attn = spec, None
+    xs = x[..., :spec.seq_len - 40]
+    with torch.no_grad(), padding_aware(bb) as pa, AttentionMasks(model) as am:
+        pa.pad_mask = pm
+        h = bb(xs)
+        if spec.kind == 'TSiTPlus': ip._attn = am
+        inp, _ = ip.model_input(xs, pm)
+        clf = model.backbone(inp)[..., int(spec.token):][..., pos[:xs.shape[-1]]]
+    for i, n in enumerate(pm.sum(1).tolist()):
+        assert torch.allclose(h[i, :, :n], clf[i, :, :n], atol=1e-5), i
+
+
 def test_training_batchnorm_uses_real_positions_only():
     "Batch statistics of the encoder's BatchNorm: a padded batch gives the statistics of its real steps."
     bb = split_backbone(tst(120, norm='BatchNorm')).train()

@@ -160,25 +160,45 @@ class TransformerBackbone(Backbone):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from .padding import active_owner
-        enc, spec = self.backbone, self.spec
+        spec = self.spec
         L = x.shape[-1]
         pa = active_owner(self)
         x, pos_real = pad_to_spec(x, pa._mask_for(x) if pa is not None else None, spec)
+        # positions after the batch's last real one are padding for every series: leave them out (exact, as they
+        # are masked keys), so a batch of short series costs what its length needs, not seq_len
+        n = int(pos_real.any(0).nonzero().max()) + 1
         saved_mask = pa.pad_mask if pa is not None else None
-        if pa is not None: pa.pad_mask = pos_real  # a TSTPlus's BatchNorm: statistics over real positions
+        if pa is not None: pa.pad_mask = pos_real[:, :n]  # a TSTPlus's BatchNorm: statistics over real positions
         try:
-            if spec.kind == 'TSiTPlus':
-                with AttentionMasks(enc, causal=self.causal_attention) as am:
-                    am.key_padding_mask = _with_token(~pos_real, spec)
-                    z = enc(x)[..., int(spec.token):]  # (bs, d_model, Q): the class token's output dropped
-            else:
-                saved_attn = enc.attn_mask
-                if self.causal_attention: enc.attn_mask = _causal_mask(spec.n_pos, x.device)
-                try: z = enc((x, ~pos_real))  # (bs, d_model, Q); tsai: key_padding_mask True = padded
-                finally: enc.attn_mask = saved_attn
+            run = _tsit_forward if spec.kind == 'TSiTPlus' else _tst_forward
+            z = run(self.backbone, x, ~pos_real[:, :n], spec, self.causal_attention)  # (bs, d_model, n)
         finally:
             if pa is not None: pa.pad_mask = saved_mask
         return z[..., _positions(spec, L, z.device)]  # (bs, d_model, L)
+
+
+# tsai's own forwards run every position of seq_len; these two are the same computations (tsai 1.0.1, checked
+# against them in the tests) on the first `n` positions only
+def _tst_forward(tst: nn.Module, x: torch.Tensor, kpm: torch.Tensor, spec: InputSpec, causal: bool) -> torch.Tensor:
+    "`_TSTBackbone.forward((x, key_padding_mask))` on the first ``n = kpm.shape[1]`` positions."
+    n = kpm.shape[1]
+    u = tst.W_P(x).transpose(2, 1) if tst.new_q_len else tst.W_P(x.transpose(2, 1))  # (bs, Q, d_model)
+    u = tst.dropout(u[:, :n] + tst.W_pos[:n])
+    am = tst.attn_mask[..., :n, :n] if tst.attn_mask is not None else None  # a user's (Q, Q) mask
+    if causal: am = _causal_mask(n, x.device) if am is None else am | _causal_mask(n, x.device)
+    z = tst.encoder(u, key_padding_mask=kpm, attn_mask=am)  # (bs, n, d_model)
+    return tst.transpose(z) * ~kpm[:, None]  # (bs, d_model, n), padded positions zeroed as tsai does
+
+
+def _tsit_forward(tsit: nn.Module, x: torch.Tensor, kpm: torch.Tensor, spec: InputSpec, causal: bool) -> torch.Tensor:
+    "`_TSiTBackbone.forward(x)` on the first ``n = kpm.shape[1]`` positions, its attention masked; no class token out."
+    n = kpm.shape[1]
+    u = tsit.linear_proj(tsit.transpose(x[..., :n])) + tsit.pos_embed[:, :n]  # (bs, n, d_model)
+    if spec.token: u = torch.cat((tsit.cls_token.expand(u.shape[0], -1, -1), u), dim=1)
+    with AttentionMasks(tsit, causal=causal) as am:
+        am.key_padding_mask = _with_token(kpm, spec)
+        z = tsit.encoder(tsit.emb_dropout(u))
+    return z.transpose(1, 2)[..., int(spec.token):]  # (bs, d_model, n)
 
 
 def _causal_mask(n: int, device) -> torch.Tensor:
@@ -232,6 +252,8 @@ class AttentionMasks:
         kpm = self.key_padding_mask
         if kpm is not None and kpm.shape != q.shape[:2]: kpm = None  # not this input's positions
         am = kwargs.get('attn_mask')
+        n = q.shape[1]
+        if am is not None and am.shape[-1] != n: am = am[..., :n, :n]  # LSA's mask, built for every position
         if self.causal:
             c = _causal_mask(q.shape[1], q.device)
             if am is not None:  # with LSA's diagonal mask: both, but the first position keeps itself (one key)

@@ -1,4 +1,5 @@
 "tsai's TSTPlus and TSiTPlus as backbones: any length, padding masks in the attention, causal attention, every task, transfer."
+import contextlib
 import warnings
 
 import numpy as np
@@ -266,14 +267,17 @@ def test_a_transformer_pretrains_and_finetunes_through_the_run_api(arch, config,
     assert 0 <= acc <= 1
 
 
-def test_semi_supervised_fine_tuning_with_pseudo_labels_on_a_tstplus():
+@pytest.mark.parametrize('arch,config', [('TSTPlus', dict(flatten=False, **SMALL)), ('TSiTPlus', SMALL_TSIT)])
+def test_semi_supervised_fine_tuning_with_pseudo_labels_on_a_transformer(arch, config):
     "The unlabeled forwards of the classifier (FixMatch term) get the padding to seq_len too."
     from tsai_ssl.experiment import RunConfig, finetune
+    from tsai_ssl.semi import SemiSupervised
     X, y = _counts(32, n_classes=2)
-    cfg = RunConfig(arch='TSTPlus', arch_config=dict(seq_len=160, flatten=False, **SMALL), finetune_steps=3, bs=8,
+    cfg = RunConfig(arch=arch, arch_config=dict(seq_len=160, **config), finetune_steps=3, bs=8,
                     semi_weight=1., pseudo_threshold=0.)
-    acc = finetune(X[:16], y[:16], X[16:], y[16:], cfg, semi_task='masked', X_unlabeled=X)
-    assert 0 <= acc <= 1
+    _, learn = finetune(X[:16], y[:16], X[16:], y[16:], cfg, semi_task='masked', X_unlabeled=X, return_learner=True)
+    semi = next(cb for cb in learn.cbs if isinstance(cb, SemiSupervised))
+    assert semi.pseudo_share == 1. and np.isfinite(semi.pseudo_loss) and np.isfinite(semi.pretext_loss)
 
 
 def test_compare_runs_a_transformer_with_its_plan(tmp_path):
@@ -286,3 +290,56 @@ def test_compare_runs_a_transformer_with_its_plan(tmp_path):
                    workdir=tmp_path, probe=False, progress=False)
     scored = [r for r in rows if r['fraction'] is not None]  # (the others record the pretraining)
     assert {r['method'] for r in scored} == {'scratch', 'contrastive'} and all(0 <= r['accuracy'] <= 1 for r in scored)
+
+
+@pytest.mark.parametrize('kind', ['TSTPlus', 'TSiTPlus'])
+@pytest.mark.parametrize('causal_attn', [False, True])
+def test_memory_saver_gives_the_same_gradients(kind, causal_attn):
+    "Checkpointed blocks recompute with the forward's masks (a TSiTPlus's come from hooks gone by the backward)."
+    from tsai_ssl import checkpoint_blocks
+    bb = split_backbone(small(kind, 120)).train()
+    x = torch.randn(3, 1, 100, generator=torch.Generator().manual_seed(5))
+    pm = torch.ones(3, 100, dtype=torch.bool); pm[0, 40:] = False; pm[2, 70:] = False
+
+    def grads(saver: bool):
+        bb.zero_grad()
+        with contextlib.ExitStack() as st:
+            pa = st.enter_context(padding_aware(bb))
+            if causal_attn: st.enter_context(causal_attention(bb))
+            if saver: st.enter_context(checkpoint_blocks(bb))
+            pa.pad_mask = pm
+            h = bb(x)
+            pa.pad_mask = None  # as a task clears it after its forward: the recomputation must not need it
+            (h * pm[:, None]).pow(2).sum().backward()  # a TSiTPlus's attention hooks are gone by now
+        return [p.grad.clone() for p in bb.parameters() if p.grad is not None]
+
+    plain, saved = grads(False), grads(True)
+    assert len(plain) == len(saved) and all(torch.allclose(a, b, atol=1e-5) for a, b in zip(plain, saved))
+
+
+def test_trailing_padding_of_the_whole_batch_and_one_step_series():
+    "A mask whose last steps are padding in every series, and a series of one real step under LSA: finite, exact."
+    bb = split_backbone(TSiTPlus(1, 3, seq_len=64, lsa=True, **SMALL_TSIT)).eval()
+    x = torch.randn(2, 1, 40, generator=torch.Generator().manual_seed(6))
+    pm = torch.zeros(2, 40, dtype=torch.bool); pm[0, :30] = True; pm[1, :1] = True
+    with torch.no_grad(), padding_aware(bb) as pa:
+        pa.pad_mask = pm
+        h = bb(x)
+        alone = bb(x[1:, :, :1])
+    assert h.shape == (2, 32, 40) and torch.isfinite(h).all() and torch.isfinite(alone).all()
+    assert torch.allclose(h[1, :, :1], alone[0], atol=1e-5)
+
+
+def test_next_step_pad_mode_on_a_short_transformer():
+    "check_causal probes at most seq_len steps of a Transformer (its default probe, 96, is longer than 64)."
+    bb = split_backbone(tst(64))
+    with causal(bb): check_causal(bb, c_in=1)
+
+
+def test_validation_series_longer_than_seq_len_are_named_before_training():
+    from tsai_ssl.errors import InputError
+    from tsai_ssl.experiment import RunConfig, pretrain
+    X, _ = _counts(12)
+    cfg = RunConfig(arch='TSTPlus', arch_config=dict(seq_len=100, **SMALL), max_len=80, pretrain_steps=3, bs=4)
+    with pytest.raises(InputError, match=r'X\[\d+\] has \d+ steps.*never cropped'):
+        pretrain(X, 'masked', cfg)

@@ -394,6 +394,8 @@ def check_causal(backbone: nn.Module, c_in: int, seq_len: int = 96, atol: float 
         with causal(bb): check_causal(bb, c_in=1)    # passes: no output step sees a later input step
         ```
     """
+    from .transformer import TransformerBackbone
+    if isinstance(backbone, TransformerBackbone): seq_len = min(seq_len, backbone.spec.seq_len)  # takes no more
     p = next(backbone.parameters())
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(2, c_in, seq_len, generator=g).to(p)

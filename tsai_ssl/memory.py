@@ -9,8 +9,9 @@ two for the sub-blocks with ``nested=True`` (the default; measured costs and sav
 
 Results are unchanged, not approximately but exactly (tested): the recomputation replays the forward's random
 state (dropout), training-mode BatchNorm does not update its running statistics a second time, and the padding
-mask of an active `tsai_ssl.padding.PaddingAware` (contrastive tasks, `IgnorePadding`) is the one of the forward
-even when the task has cleared it by the time the backward pass runs.
+mask of an active `tsai_ssl.padding.PaddingAware` (contrastive tasks, `IgnorePadding`) and the attention masks of a
+TSiTPlus (`tsai_ssl.transformer.AttentionMasks`) are the ones of the forward even when they have been cleared by the
+time the backward pass runs.
 
     learn = ts_learner(dls, ResNetPlus, cbs=[MaskedValuePretrain(save_as='ssl'), MemorySaver()])
 
@@ -29,6 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbone import split_backbone
 from .padding import PaddingAware, installed
 from .tasks.base import PretextTask, restore_tasks
+from .transformer import AttentionMasks, attention_masks_over
 
 __all__ = ['find_blocks', 'sub_blocks', 'checkpoint_blocks', 'MemorySaver']
 
@@ -70,15 +72,20 @@ def find_blocks(module: nn.Module, min_blocks: int = 3) -> list[str]:
 
 
 @contextlib.contextmanager
-def _replay(bns: list[nn.Module], masks: list[tuple[PaddingAware, torch.Tensor | None]]):
-    "The recomputation's context: the forward's padding masks; BatchNorm running statistics put back as they were."
+def _replay(bns: list[nn.Module], masks: list[tuple[PaddingAware, torch.Tensor | None]], block: nn.Module,
+            attn: list[tuple[torch.Tensor | None, bool]]):
+    """The recomputation's context: the forward's padding masks and attention masks (a TSiTPlus's, whose hooks are
+    gone by the backward pass); BatchNorm running statistics put back as they were."""
     # (Turning track_running_stats off instead would change which tensors batch_norm saves, which checkpoint forbids.)
     stats = [[b.clone() for b in bn.buffers()] for bn in bns]
     prev_pa = [(pa, pa.pad_mask) for pa, _ in masks]
+    stack = contextlib.ExitStack()
     try:
         for pa, m in masks: pa.pad_mask = m
+        for kpm, causal in attn: stack.enter_context(AttentionMasks(block, causal)).key_padding_mask = kpm
         yield
     finally:
+        stack.close()
         with torch.no_grad():
             for bn, saved in zip(bns, stats):
                 for b, v in zip(bn.buffers(), saved): b.copy_(v)
@@ -92,7 +99,8 @@ def _checkpointed_forward(block: nn.Module):
     def forward(*args, **kwargs):
         if not (torch.is_grad_enabled() and block.training): return orig(*args, **kwargs)
         masks = [(pa, pa.pad_mask) for pa in installed(block)]  # the forward's masks, replayed in backward
-        ctx = lambda: (contextlib.nullcontext(), _replay(bns, masks))
+        attn = [(am.key_padding_mask, am.causal) for am in attention_masks_over(block)]
+        ctx = lambda: (contextlib.nullcontext(), _replay(bns, masks, block, attn))
         return checkpoint(orig, *args, use_reentrant=False, context_fn=ctx, **kwargs)
     forward._tsai_ssl_patch = True  # a copy of the module must not take it along (`tsai_ssl.ema`)
     return forward

@@ -102,16 +102,16 @@ def transformer_seq_len(cfg: RunConfig) -> int | None:
     return n
 
 
-def _check_fits(cfg: RunConfig, series, what: str, cropped: bool = True) -> None:
-    """`InputError` naming the first series longer than a Transformer's seq_len; training series (``cropped``) only
-    when the training crop ``max_len`` does not already fit."""
+def _check_fits(cfg: RunConfig, series, what: str) -> None:
+    """`InputError` naming the first series longer than a Transformer's seq_len (validation, test and new series are
+    never cropped, so the training crop ``max_len`` does not help)."""
     n = transformer_seq_len(cfg)
-    if n is None or (cropped and cfg.max_len and cfg.max_len <= n): return
+    if n is None: return
     for i, x in enumerate(series):
         if x.shape[-1] > n:
             raise InputError(f'{what}[{i}] has {x.shape[-1]} steps, more than the seq_len={n} of {cfg.arch_name}: build it '
-                             f"with a larger seq_len (--arch-config '{{\"seq_len\": {x.shape[-1]}}}')"
-                             + (' or crop the training series (max_len).' if cropped else '.'))
+                             f"with a larger seq_len (--arch-config '{{\"seq_len\": {x.shape[-1]}}}'; validation and "
+                             'test series are never cropped).')
 
 
 def _make_learner(dls, cfg: RunConfig, device, metrics=None, cbs=None, pad_input: bool = True):
@@ -158,7 +158,7 @@ def seconds_per_unit(cfg: RunConfig, c_in: int, c_out: int, length: int, device=
     from tsai.models.utils import build_ts_model
     dev = resolve_device(cfg.device if device is None else device)
     kw = dict(cfg.arch_config or {})
-    run_len = kw.pop('seq_len', length)  # a Transformer runs every batch padded to its seq_len
+    run_len = kw.pop('seq_len', length)  # a Transformer classifier runs every batch padded to its seq_len
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         model = build_ts_model(get_arch(cfg.arch), c_in=c_in, c_out=c_out, seq_len=run_len, device=dev, **kw)
@@ -299,9 +299,11 @@ def pretrain_mvp(X, config: RunConfig | None = None, *, path: str | os.PathLike,
     path.parent.mkdir(parents=True, exist_ok=True)
     dev = resolve_device(cfg.device)
     L = max(x.shape[-1] for x in series)
-    seq_len = transformer_seq_len(cfg)  # a Transformer takes seq_len steps: NaN-padded to it (TSTPlus masks NaN steps)
+    # a Transformer takes seq_len steps: NaN-padded to it (MVP sets NaN steps to 0 before the forward and leaves them
+    # out of its loss; the model attends to them, as with tsai alone)
+    seq_len = transformer_seq_len(cfg)
     if seq_len is not None:
-        _check_fits(cfg, series, 'X', cropped=False); L = seq_len
+        _check_fits(cfg, series, 'X'); L = seq_len
         if cfg.arch_name == 'TSTPlus' and seq_len > (cfg.arch_config or {}).get('max_seq_len', 512):
             raise InputError(f"tsai's MVP predicts one output per input step, and this {cfg.arch_name} embeds patches "
                              f'(seq_len {seq_len} > max_seq_len): build it with max_seq_len >= seq_len for MVP, or use '
@@ -370,7 +372,7 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     """
     cfg = _config(config, overrides, 'finetune_epochs')
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
-    _check_fits(cfg, X_tr, 'X_train'); _check_fits(cfg, X_te, 'X_test', cropped=False)
+    _check_fits(cfg, X_tr, 'X_train'); _check_fits(cfg, X_te, 'X_test')
     y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
     if len(y_tr) != len(X_tr): raise InputError(f'{len(y_tr)} training labels for {len(X_tr)} series')
     if len(y_te) != len(X_te): raise InputError(f'{len(y_te)} test labels for {len(X_te)} series')
@@ -486,7 +488,7 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
     fractions = check_fractions(fractions)
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
     X_unl = as_series(X_unlabeled, 'X_unlabeled') if X_unlabeled is not None and len(X_unlabeled) else []
-    _check_fits(cfg, X_tr, 'X_train'); _check_fits(cfg, X_te, 'X_test', cropped=False)
+    _check_fits(cfg, X_tr, 'X_train'); _check_fits(cfg, X_te, 'X_test')
     _check_fits(cfg, X_unl, 'X_unlabeled')
     y_tr, y_te = np.asarray(y_train), np.asarray(y_test)
     subsets = {(f, s): label_subset(y_tr, f, s) for s in seeds for f in fractions}  # errors before training

@@ -208,10 +208,13 @@ class SemiSupervised(Callback):
         ip = next((cb for cb in self.learn.cbs if isinstance(cb, IgnorePadding)), None)
         pa = ip._pa if ip is not None and ip._pretext is None else None
         if pa is None: return self.learn.model(x)
-        inp, mask = ip.model_input(x, pad_mask)  # a TSTPlus: padded to its seq_len
-        old, pa.pad_mask = pa.pad_mask, mask
+        attn = ip._attn  # a TSiTPlus: its attention's key padding mask, set by model_input
+        old, old_kpm = pa.pad_mask, attn.key_padding_mask if attn is not None else None
+        inp, pa.pad_mask = ip.model_input(x, pad_mask)  # a Transformer: padded to its seq_len
         try: return self.learn.model(inp)
-        finally: pa.pad_mask = old
+        finally:
+            pa.pad_mask = old
+            if attn is not None: attn.key_padding_mask = old_kpm
 
     def _pseudo_loss(self, x, pad_mask):
         "FixMatch: the confident predictions on `x` are the targets of the predictions on a strong view of `x`."

@@ -18,8 +18,10 @@ token in front. Pretext tasks crop series and batch varying lengths, so:
 
 The padding is batch-independent by construction: a series is always padded to ``seq_len``, whatever its batch.
 `tsai_ssl.IgnorePadding` does the same for the classifier (training, validation, `get_preds` on `test_dl`), so a
-Transformer classifier takes variable-length batches. Cost: attention over ``Q`` positions whatever the crop, so
-for long series TSTPlus's ``max_seq_len`` (512 by default) is the knob; a TSiTPlus attends over every step.
+Transformer classifier takes variable-length batches. Cost: the backbone runs only the positions a batch reaches
+(the rest would be masked keys), so a batch of short series is cheap; the classifier (tsai's own forward) always runs
+all ``Q``. For long series TSTPlus's ``max_seq_len`` (512 by default) is the knob; a TSiTPlus attends over every step.
+Causal attention assumes right padding (a series' first step is real), as every loader of tsai-ssl makes.
 
 Not supported (`split_backbone` and `input_spec` say why): TSTPlus built with convolution keyword arguments, TSiTPlus
 with a tokenizer, feature extractor or categorical embeddings (their own input encodings), and tsai's other
@@ -28,6 +30,7 @@ Transformers (TST, PatchTST, ...).
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -73,9 +76,10 @@ def _tsit_spec(tsit: nn.Module) -> InputSpec:
 
 
 def input_spec(model: nn.Module) -> InputSpec | None:
-    """The `InputSpec` of a `TSTPlus` (or its backbone, or a `TransformerBackbone`); None for other models.
+    """The `InputSpec` of a `TSTPlus` or `TSiTPlus` (or its backbone, or a `TransformerBackbone`); None for other models.
 
-    Raises `TypeError` for a TSTPlus whose input encoding is a user-configured convolution (``TSTPlus(**conv_kwargs)``).
+    Raises `TypeError` for an input encoding tsai-ssl does not support: a TSTPlus with a user-configured convolution
+    (``TSTPlus(**conv_kwargs)``), a TSiTPlus with a tokenizer, feature extractor or categorical embeddings.
 
     Example:
         ```python
@@ -130,7 +134,7 @@ def _positions(spec: InputSpec, L: int, device) -> torch.Tensor:
 
 
 class TransformerBackbone(Backbone):
-    """A `TSTPlus`'s backbone taking any length up to its ``seq_len``; per-step features ``(bs, d_model, L)``.
+    """A `TSTPlus`'s or `TSiTPlus`'s backbone taking any length up to its ``seq_len``; per-step features ``(bs, d_model, L)``.
 
     Built by `split_backbone`; shares the classifier's ``backbone`` module, so state_dict keys are the classifier's.
     The padding mask of the forward comes from the `tsai_ssl.padding.PaddingAware` context over it (a pretext task's
@@ -164,9 +168,9 @@ class TransformerBackbone(Backbone):
         L = x.shape[-1]
         pa = active_owner(self)
         x, pos_real = pad_to_spec(x, pa._mask_for(x) if pa is not None else None, spec)
-        # positions after the batch's last real one are padding for every series: leave them out (exact, as they
-        # are masked keys), so a batch of short series costs what its length needs, not seq_len
-        n = int(pos_real.any(0).nonzero().max()) + 1
+        # positions after the batch's last step are padding for every series: leave them out (exact, as they are
+        # masked keys), so a batch of short series costs what its length needs, not seq_len
+        n = min((L - 1 + spec.pad_left) // spec.patch + 1, spec.n_pos)
         saved_mask = pa.pad_mask if pa is not None else None
         if pa is not None: pa.pad_mask = pos_real[:, :n]  # a TSTPlus's BatchNorm: statistics over real positions
         try:
@@ -185,7 +189,7 @@ def _tst_forward(tst: nn.Module, x: torch.Tensor, kpm: torch.Tensor, spec: Input
     u = tst.W_P(x).transpose(2, 1) if tst.new_q_len else tst.W_P(x.transpose(2, 1))  # (bs, Q, d_model)
     u = tst.dropout(u[:, :n] + tst.W_pos[:n])
     am = tst.attn_mask[..., :n, :n] if tst.attn_mask is not None else None  # a user's (Q, Q) mask
-    if causal: am = _causal_mask(n, x.device) if am is None else am | _causal_mask(n, x.device)
+    if causal: am = _merge_causal(am, _causal_mask(n, x.device))
     z = tst.encoder(u, key_padding_mask=kpm, attn_mask=am)  # (bs, n, d_model)
     return tst.transpose(z) * ~kpm[:, None]  # (bs, d_model, n), padded positions zeroed as tsai does
 
@@ -205,6 +209,13 @@ def _causal_mask(n: int, device) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).triu(1)  # True: the key comes after the query
 
 
+def _merge_causal(am: torch.Tensor | None, causal: torch.Tensor) -> torch.Tensor:
+    "A model's own attention mask (bool: True = masked, or additive float) with the causal mask added."
+    if am is None: return causal
+    if am.dtype == torch.bool: return am | causal
+    return am.masked_fill(causal, float('-inf'))
+
+
 def _with_token(key_padding_mask: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return F.pad(key_padding_mask, (1, 0), value=False) if spec.token else key_padding_mask
 
@@ -217,10 +228,17 @@ def _d_model(enc: nn.Module) -> int:
     raise TypeError('cannot find the width of this Transformer')
 
 
+# hooked attention layer -> the entered `AttentionMasks` contexts hooking it (`tsai_ssl.memory` replays them)
+_ACTIVE: 'weakref.WeakKeyDictionary[nn.Module, list[AttentionMasks]]' = weakref.WeakKeyDictionary()
+
+
 class AttentionMasks:
     """Hands every tsai ``MultiheadAttention`` inside `module` a key padding mask and, with ``causal``, a causal mask,
     through forward pre-hooks (a TSiTPlus's encoder layers call their attention without them). A context manager;
     set ``key_padding_mask`` (bool ``(bs, positions)``, True = padded; None: no mask) before each forward.
+    A query whose keys would all be masked (LSA masks each position's own key: a series with one real position)
+    keeps its own key, so no attention row is NaN. `tsai_ssl.memory.checkpoint_blocks` replays the masks of the
+    forward when it recomputes a block.
 
     Example:
         ```python
@@ -235,34 +253,50 @@ class AttentionMasks:
     def __init__(self, module: nn.Module, causal: bool = False):
         self.module, self.causal = module, causal
         self.key_padding_mask: torch.Tensor | None = None
-        self._handles = []
+        self._handles, self._layers = [], []
 
     def __enter__(self) -> 'AttentionMasks':
-        self._handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True) for m in self.module.modules()
-                         if type(m).__name__ == 'MultiheadAttention' and not isinstance(m, nn.MultiheadAttention)]
+        for m in self.module.modules():
+            if type(m).__name__ == 'MultiheadAttention' and not isinstance(m, nn.MultiheadAttention):
+                self._handles.append(m.register_forward_pre_hook(self._hook, with_kwargs=True))
+                _ACTIVE.setdefault(m, []).append(self); self._layers.append(m)
         return self
 
     def __exit__(self, *exc):
         for h in self._handles: h.remove()
-        self._handles, self.key_padding_mask = [], None
+        for m in self._layers:
+            owners = _ACTIVE.get(m, [])
+            if self in owners: owners.remove(self)
+            if not owners: _ACTIVE.pop(m, None)
+        self._handles, self._layers, self.key_padding_mask = [], [], None
         return False
 
     def _hook(self, mod, args, kwargs):
         q = args[0] if args else kwargs['Q']  # (bs, positions, d_model)
+        bs, n = q.shape[:2]
         kpm = self.key_padding_mask
-        if kpm is not None and kpm.shape != q.shape[:2]: kpm = None  # not this input's positions
+        if kpm is not None and kpm.shape != (bs, n): kpm = None  # not this input's positions
         am = kwargs.get('attn_mask')
-        n = q.shape[1]
         if am is not None and am.shape[-1] != n: am = am[..., :n, :n]  # LSA's mask, built for every position
-        if self.causal:
-            c = _causal_mask(q.shape[1], q.device)
-            if am is not None:  # with LSA's diagonal mask: both, but the first position keeps itself (one key)
-                c = am | c
-                c[..., 0, 0] = False
-            am = c
+        if self.causal: am = _merge_causal(am, _causal_mask(n, q.device))
         if kpm is None and am is kwargs.get('attn_mask'): return None
+        if am is not None and am.dtype == torch.bool:  # one mask (bs, 1, n, n), every query keeping a key
+            full = am.reshape(-1, n, n).expand(bs, n, n) if am.numel() == n * n else am.reshape(bs, n, n)
+            if kpm is not None: full = full | kpm[:, None, :]
+            lone = full.all(-1)  # (bs, n): queries without a key keep their own
+            full = full & ~(lone[:, :, None] & torch.eye(n, dtype=torch.bool, device=q.device))
+            return args, {**kwargs, 'key_padding_mask': None, 'attn_mask': full[:, None]}
         return args, {**kwargs, 'key_padding_mask': kpm if kpm is not None else kwargs.get('key_padding_mask'),
                       'attn_mask': am}
+
+
+def attention_masks_over(block: nn.Module) -> list['AttentionMasks']:
+    "The entered `AttentionMasks` contexts hooking attention layers inside `block`."
+    out = []
+    for m in block.modules():
+        for am in _ACTIVE.get(m, ()):
+            if am not in out: out.append(am)
+    return out
 
 
 @contextlib.contextmanager

@@ -12,8 +12,8 @@ the weights transfer into the ordinary (non-causal) classifier afterwards:
   the left only), verified with `check_causal`. Every step gets a prediction, but each layer copies its padded
   input: 1.1-1.5x a supervised step at long lengths.
 
-On a Transformer (`TSTPlus`) both run with a causal attention mask (`tsai_ssl.transformer`): with 'shift', ``R`` is
-then the patch size minus one (0 when every step is a position); 'pad' needs one position per step.
+On a Transformer (`TSTPlus`, `TSiTPlus`) both run with a causal attention mask (`tsai_ssl.transformer`): with
+'shift', ``R`` is then the patch size minus one (0 when every step is a position); 'pad' needs one position per step.
 
 With 'shift' the features are exactly the ones the classifier computes later; with 'pad' the same weights compute
 a different function (in a residual block the shortcut sees step t while the convolutions see a window ending at t,

@@ -142,6 +142,11 @@ def split_backbone(model: nn.Module, c_in: int | None = None) -> Backbone:
         bb = TransformerBackbone(model, arch=name)
         bb.training = model.training
         return bb
+    if type(model).__name__ == 'PatchTST':
+        raise TypeError("PatchTST is tsai's forecasting Transformer: its output is pred_dim future values per channel, "
+                        'not class logits, so there is no PatchTST classifier for pretrained weights to load into (and '
+                        'its attention takes no padding mask). For patches of long series in a classifier use TSTPlus '
+                        'with seq_len > max_seq_len (patches of ceil(seq_len / max_seq_len) steps).')
     if type(model).__name__ in _TRANSFORMERS:
         raise TypeError(f'{type(model).__name__} is one of tsai\'s Transformer classifiers that tsai-ssl does not '
                         'support: its encoder takes no padding mask and its positional encoding fixes the input '

@@ -24,8 +24,8 @@ all ``Q``. For long series TSTPlus's ``max_seq_len`` (512 by default) is the kno
 Causal attention assumes right padding (a series' first step is real), as every loader of tsai-ssl makes.
 
 Not supported (`split_backbone` and `input_spec` say why): TSTPlus built with convolution keyword arguments, TSiTPlus
-with a tokenizer, feature extractor or categorical embeddings (their own input encodings), and tsai's other
-Transformers (TST, PatchTST, ...).
+with a tokenizer, feature extractor or categorical embeddings (their own input encodings), PatchTST (a forecaster,
+no classifier to load into), and tsai's other Transformers (TST, TSPerceiver, ...).
 """
 from __future__ import annotations
 

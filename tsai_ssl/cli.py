@@ -150,7 +150,8 @@ def _add_train_args(p, d: dict, epochs_help: str, arch_help: str = 'classifier',
     g = p.add_argument_group('training')
     g.add_argument('--arch', default=None, help=f"{arch_help}: {', '.join(E.ARCHS)}")
     g.add_argument('--arch-config', default=d.get('arch_config'), metavar='JSON',
-                   help='keyword arguments of the architecture as JSON, e.g. \'{"nf": 32}\' (same for every fit)')
+                   help='keyword arguments of the architecture as JSON, e.g. \'{"nf": 32}\' (same for every fit); '
+                        'TSTPlus and TSiTPlus need seq_len, at least the longest series')
     g.add_argument('--epochs', type=int, default=None, help=epochs_help)
     g.add_argument('--lr', type=float, default=d.get('lr', 1e-3), help='learning rate (fit_one_cycle), same for every fit')
     g.add_argument('--bs', type=int, default=d.get('bs', 64), help='batch size')

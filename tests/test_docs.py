@@ -86,12 +86,18 @@ def test_changelog_has_the_package_version():
     assert first == tsai_ssl.__version__, (first, tsai_ssl.__version__)
 
 
+def _run_guide(page: str, folder, monkeypatch) -> dict:
+    "Run the first python block of a guide as written, in `folder`; return its namespace."
+    code = re.findall(r'```python\n(.*?)```', (DOCS / 'guides' / page).read_text(), re.S)[0]
+    monkeypatch.chdir(folder)
+    ns: dict = {}
+    exec(compile(code, page, 'exec'), ns)
+    return ns
+
+
 def test_own_module_guide_runs_as_written(tmp_path, monkeypatch):
     "The guide's code (the user story's nn.Module, pretrained with next-step, then fine-tuned) runs unchanged."
-    code = re.findall(r'```python\n(.*?)```', (DOCS / 'guides' / 'own-module.md').read_text(), re.S)[0]
-    monkeypatch.chdir(tmp_path)
-    ns: dict = {}
-    exec(compile(code, 'own-module.md', 'exec'), ns)
+    ns = _run_guide('own-module.md', tmp_path, monkeypatch)
     from tsai_ssl import lookahead, split_backbone
     assert (tmp_path / 'models' / 'ssl_net.pth').exists()
     assert lookahead(split_backbone(ns['Net'](2)), c_in=1) == 24  # the figure the guide states
@@ -99,10 +105,7 @@ def test_own_module_guide_runs_as_written(tmp_path, monkeypatch):
 
 def test_transformers_guide_runs_as_written(tmp_path, monkeypatch):
     "The guide's code (a TSTPlus pretrained with next-step on patches, then the standard classifier) runs unchanged."
-    code = re.findall(r'```python\n(.*?)```', (DOCS / 'guides' / 'transformers.md').read_text(), re.S)[0]
-    monkeypatch.chdir(tmp_path)
-    ns: dict = {}
-    exec(compile(code, 'transformers.md', 'exec'), ns)
+    ns = _run_guide('transformers.md', tmp_path, monkeypatch)
     assert (tmp_path / 'models' / 'ssl_tst.pth').exists() and tuple(ns['preds'].shape) == (8, 2)
     task = next(cb for cb in ns['learn'].cbs if type(cb).__name__ == 'NextStepPretrain')
     assert task.pretext_head.shift == 7  # patches of 8 steps: 'shift' predicts 7 steps past a feature

@@ -56,13 +56,18 @@ def active_owner(module: nn.Module) -> 'PaddingAware | None':
     return owners[-1] if owners else None
 
 
-def installed(module: nn.Module) -> list['PaddingAware']:
-    "The entered `PaddingAware` contexts that hook layers of `module` (`tsai_ssl.memory` replays their masks)."
+def contexts_over(module: nn.Module, registry) -> list:
+    "The entered contexts that `registry` (layer -> contexts hooking it) holds for layers of `module`, each once."
     out = []
     for m in module.modules():
-        for pa in _OWNERS.get(m, ()):
-            if pa not in out: out.append(pa)
+        for ctx in registry.get(m, ()):
+            if ctx not in out: out.append(ctx)
     return out
+
+
+def installed(module: nn.Module) -> list['PaddingAware']:
+    "The entered `PaddingAware` contexts that hook layers of `module` (`tsai_ssl.memory` replays their masks)."
+    return contexts_over(module, _OWNERS)
 
 
 class PaddingAware:

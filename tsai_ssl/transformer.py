@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .padding import active_owner, contexts_over
 
 __all__ = ['InputSpec', 'input_spec', 'pad_to_spec', 'TransformerBackbone', 'causal_attention', 'AttentionMasks']
 
@@ -163,7 +164,6 @@ class TransformerBackbone(Backbone):
         return self.spec.patch - 1 if self.causal_attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from .padding import active_owner
         spec = self.spec
         L = x.shape[-1]
         pa = active_owner(self)
@@ -292,11 +292,7 @@ class AttentionMasks:
 
 def attention_masks_over(block: nn.Module) -> list['AttentionMasks']:
     "The entered `AttentionMasks` contexts hooking attention layers inside `block`."
-    out = []
-    for m in block.modules():
-        for am in _ACTIVE.get(m, ()):
-            if am not in out: out.append(am)
-    return out
+    return contexts_over(block, _ACTIVE)
 
 
 @contextlib.contextmanager

@@ -12,6 +12,8 @@ subset of a fraction is stratified and the same for every method of a seed (`tsa
 classifier trains every layer with ``fit_one_cycle`` for a budget in optimizer steps (``--steps``), whatever the
 number of labels, and is scored once on the test split: no model selection, so no test-set peeking. ``<task>+semi``
 fine-tunes from the task's weights with the task's loss kept on the unlabeled series (`tsai_ssl.SemiSupervised`).
+``fixmatch`` trains from scratch with FixMatch's pseudo-label term on the unlabeled series (threshold
+``--pseudo-threshold``); ``<task>+semi+fixmatch`` adds that term to ``<task>+semi``.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ def budget_key(a) -> str:
     "What the cached cells depend on besides set, method, fraction and seed."
     return (f"{a.arch}{_arch_tag(a)}-ft{a.steps}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}-len{a.max_len or 0}"
             f"-semi{a.semi_weight:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else '')
-            + (f"-ptbs{a.pretrain_bs}" if a.pretrain_bs and a.pretrain_bs != a.bs else ''))
+            + (f"-ptbs{a.pretrain_bs}" if a.pretrain_bs and a.pretrain_bs != a.bs else '')
+            + (f"-pseudo{a.pseudo_threshold:g}" if a.pseudo_threshold != 0.95 else ''))  # only fixmatch cells use it
 
 
 def _arch_tag(a) -> str:
@@ -111,14 +114,19 @@ def run(a) -> None:
                 idx = label_subset(y_tr, frac, seed)
                 for method in a.methods:
                     if (name, method, frac, seed) in done: continue
-                    task = method[:-5] if method.endswith('+semi') else method
+                    fm = method == 'fixmatch' or method.endswith('+fixmatch')
+                    base = method.removesuffix('+fixmatch')
+                    semi = base.endswith('+semi')
+                    task = base.removesuffix('+semi')
                     t0 = time.time()
                     kw = {}
-                    if method != SCRATCH: kw['weights'] = weights_for(task)
-                    if method.endswith('+semi'): kw.update(semi_task=task, X_unlabeled=X_pre)
+                    if task not in (SCRATCH, 'fixmatch'): kw['weights'] = weights_for(task)
+                    if semi: kw.update(semi_task=task, X_unlabeled=X_pre)
+                    if method == 'fixmatch': kw.update(X_unlabeled=X_pre)
                     t1 = time.time()
                     acc = finetune([X_tr[i] for i in idx], y_tr[idx], X_te, y_te,
-                                   cs.replace(semi_weight=a.semi_weight if method.endswith('+semi') else 0.), **kw)
+                                   cs.replace(semi_weight=a.semi_weight if semi else 0.,
+                                              pseudo_threshold=a.pseudo_threshold if fm else None), **kw)
                     row = dict(set=name, method=method, fraction=frac, seed=seed, n_labeled=int(len(idx)), accuracy=acc,
                                seconds=round(time.time() - t1, 1), pretrain_seconds=round(t1 - t0, 1), budget=key)
                     with open(CACHE, 'a') as fh: fh.write(json.dumps(row) + '\n')
@@ -201,6 +209,7 @@ def main(argv=None):
     p.add_argument('--lr', type=float, default=1e-3)
     p.add_argument('--max-len', type=int, default=0, help='training crop (0: full length)')
     p.add_argument('--semi-weight', type=float, default=1.0)
+    p.add_argument('--pseudo-threshold', type=float, default=0.95, help='confidence threshold of the fixmatch methods')
     p.add_argument('--standardize', default='dataset', choices=['dataset', 'series'],
                    help="input scaling (RunConfig.standardize); 'series' for PLAID, whose series' scales differ by 1e5")
     p.add_argument('--device', default='cpu')

@@ -302,6 +302,24 @@ def test_recipes_and_semi_supervised_in_compare(tmp_path, counts):
     assert convs(learn.model) and all(torch.equal(a[k], b[k]) for k in convs(learn.model))
 
 
+def test_finetune_runs_fixmatch_alone_on_the_unlabeled_series(counts):
+    "semi_task=None + pseudo_threshold + X_unlabeled: FixMatch's term alone, on those series; without them, no callback."
+    from tsai_ssl.semi import SemiSupervised
+    X, _ = counts
+    y = np.arange(len(X)) % 2
+    cfg = E.RunConfig(arch_config={'nf': 8}, finetune_steps=4, bs=8, device='cpu', max_len=64, pseudo_threshold=0.)
+    _, learn = E.finetune(X[:16], y[:16], X[32:], y[32:], cfg, X_unlabeled=X[16:], return_learner=True)
+    semi = [cb for cb in learn.cbs if isinstance(cb, SemiSupervised)]
+    assert len(semi) == 1 and semi[0].task is None and semi[0].pseudo_threshold == 0.
+    assert semi[0].pseudo_share == 1. and np.isfinite(semi[0].pseudo_loss) and len(semi[0]._dl.dataset) == len(X) - 16
+    for kw in (dict(X_unlabeled=X[16:]), {}):  # no threshold, or no unlabeled series: a plain fit
+        c = cfg.replace(pseudo_threshold=None) if kw else cfg
+        _, learn = E.finetune(X[:16], y[:16], X[32:], y[32:], c, return_learner=True, **kw)
+        assert not any(isinstance(cb, SemiSupervised) for cb in learn.cbs)
+    assert E.method_label('fixmatch') == 'FixMatch' and E.method_label('masked+semi+fixmatch') == \
+        'masked-value + semi-supervised + FixMatch'
+
+
 def test_tsai_mvp_is_a_reference_method_in_compare(tmp_path, counts, capsys):
     X, _ = counts
     y = np.arange(len(X)) % 2

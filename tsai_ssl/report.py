@@ -28,6 +28,8 @@ def method_label(method: str) -> str:
     "How tables and plots name a method: 'from scratch', or the task's label ('masked-value', ...)."
     if method == SCRATCH: return 'from scratch'
     if method.endswith('+semi'): return method_label(method[:-5]) + ' + semi-supervised'
+    if method == 'fixmatch': return 'FixMatch'
+    if method.endswith('+fixmatch'): return method_label(method[:-9]) + ' + FixMatch'
     if method == 'mvp': return "tsai's MVP"
     from .runs import _registry
     try: return _registry().task_label(method)

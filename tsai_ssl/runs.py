@@ -368,7 +368,8 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     ``finetune_min_steps`` optimizer steps (see `epochs_for_steps`). ``config.recipe`` says how the layers train
     from `weights` ('full', 'lp-ft', 'frozen'; the same number of epochs in all). ``semi_task`` with
     ``config.semi_weight > 0``: that task's loss on `X_unlabeled` (default: the training series) stays on during
-    the fit (`tsai_ssl.semi.SemiSupervised`).
+    the fit (`tsai_ssl.semi.SemiSupervised`); ``config.pseudo_threshold`` adds FixMatch's pseudo-label term to it.
+    ``semi_task=None`` with ``config.pseudo_threshold`` and `X_unlabeled` given: FixMatch alone on `X_unlabeled`.
     """
     cfg = _config(config, overrides, 'finetune_epochs')
     X_tr, X_te = as_series(X_train, 'X_train'), as_series(X_test, 'X_test')
@@ -389,7 +390,8 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     dls = get_ssl_dls(X_tr, y_tr, bs=cfg.bs, batch_tfms=_standardize(cfg), max_len=cfg.max_len, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n, min(cfg.bs, n)))
     epochs = cfg.epochs('finetune', n)
-    semi = semi_task is not None and cfg.semi_weight > 0
+    fixmatch = semi_task is None and cfg.pseudo_threshold is not None and X_unlabeled is not None
+    semi = fixmatch or (semi_task is not None and cfg.semi_weight > 0)
     cbs = [tick_callback(progress, _units(X_tr, cfg.max_len) * (_SEMI_COST if semi else 1), log=cfg.verbose)]
     if semi:
         cbs.append(_semi_callback(semi_task, X_tr if X_unlabeled is None else as_series(X_unlabeled, 'X_unlabeled'),
@@ -417,15 +419,17 @@ def finetune(X_train, y_train, X_test, y_test, config: RunConfig | None = None, 
     return (acc, learn) if return_learner else acc
 
 
-def _semi_callback(task: str, X_u: list, cfg: RunConfig, dev):
-    "`SemiSupervised` with `task` on the unlabeled series `X_u`, batched like the pretraining."
+def _semi_callback(task: str | None, X_u: list, cfg: RunConfig, dev):
+    "`SemiSupervised` with `task` (None: FixMatch's term alone) on the unlabeled series `X_u`, batched like the pretraining."
     from .data import get_ssl_dls
     from .semi import SemiSupervised
     reg = _registry()
-    Task = reg.get_task(task)
-    n_values = infer_n_values(X_u) if cfg.n_values == 'auto' else cfg.n_values
-    kw = dict(n_values=n_values) if 'n_values' in reg.task_options(Task) else {}
-    cb = reg.make_task(Task, seed=cfg.seed, **kw)
+    n_values = None if task is None else infer_n_values(X_u) if cfg.n_values == 'auto' else cfg.n_values
+    cb = None
+    if task is not None:
+        Task = reg.get_task(task)
+        kw = dict(n_values=n_values) if 'n_values' in reg.task_options(Task) else {}
+        cb = reg.make_task(Task, seed=cfg.seed, **kw)
     dls = get_ssl_dls(X_u, splits=(range(len(X_u)), []), bs=cfg.bs, batch_tfms=_standardize(cfg), max_len=cfg.max_len,
                       n_values=n_values, seed=cfg.seed, device=dev, drop_last=_drop_last(len(X_u), min(cfg.bs, len(X_u))))
     return SemiSupervised(cb, dls.train, weight=cfg.semi_weight, pseudo_threshold=cfg.pseudo_threshold)

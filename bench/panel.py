@@ -56,6 +56,21 @@ def budget_key(a) -> str:
             + (f"-pseudo{a.pseudo_threshold:g}" if a.pseudo_threshold != 0.95 else ''))  # only fixmatch cells use it
 
 
+def task_options(a) -> dict:
+    "--task-options: {task: {option: value}} (pretrain's task_kwargs, per task)."
+    return json.loads(a.task_options) if a.task_options else {}
+
+
+def _options_tag(a, task: str) -> str:
+    "A task's options in cache keys and weight names: '-anchors256-window3000' ('' when it has none)."
+    return ''.join(f'-{k}{v}' for k, v in sorted(task_options(a).get(task, {}).items()))
+
+
+def cell_budget(a, method: str) -> str:
+    "The cache key of one method's cells: the budget, plus its task's --task-options (scratch cells stay shared)."
+    return budget_key(a) + _options_tag(a, method.removesuffix('+fixmatch').removesuffix('+semi'))
+
+
 def _arch_tag(a) -> str:
     "The width (CNNs) or the JSON architecture config (--arch-config) in cache keys and weight names."
     if not a.arch_config: return f'-nf{a.nf}'
@@ -80,8 +95,7 @@ def run(a) -> None:
 
     from tsai_ssl.experiment import MVP, SCRATCH, RunConfig, finetune, label_subset, pretrain, pretrain_mvp
     torch.set_num_threads(a.threads)
-    key = budget_key(a)
-    done = {(r['set'], r['method'], r['fraction'], r['seed']) for r in read_cache() if r['budget'] == key}
+    done = {(r['set'], r['method'], r['fraction'], r['seed']) for r in read_cache() if r['budget'] == cell_budget(a, r['method'])}
     cfg = RunConfig(arch=a.arch, pretrain_steps=a.pretrain_steps,
                     finetune_steps=a.steps, lr=a.lr, bs=a.bs, max_len=a.max_len or None, device=a.device,
                     semi_weight=a.semi_weight, standardize=a.standardize)
@@ -98,12 +112,13 @@ def run(a) -> None:
                 if task not in weights:
                     w = WEIGHTS / name / f"{task}_seed{seed}_{a.arch}{_arch_tag(a)}-pt{a.pretrain_steps}" \
                                          f"-bs{a.pretrain_bs or a.bs}-lr{a.lr:g}" \
-                                         f"-len{a.max_len or 0}{'-stdseries' if a.standardize == 'series' else ''}.pth"
+                                         f"-len{a.max_len or 0}{'-stdseries' if a.standardize == 'series' else ''}" \
+                                         f"{_options_tag(a, task)}.pth"
                     if not w.exists():  # written under another name first: an interrupted run leaves no weights
                         t0, tmp = time.time(), w.with_name('partial_' + w.name)
                         cp = cs.replace(bs=a.pretrain_bs) if a.pretrain_bs else cs
                         if task == MVP: pretrain_mvp(X_pre, cp, path=tmp)
-                        else: pretrain(X_pre, task, cp, path=tmp)
+                        else: pretrain(X_pre, task, cp, path=tmp, task_kwargs=task_options(a).get(task))
                         tmp.with_name(tmp.name + '.json').replace(w.with_name(w.name + '.json'))
                         tmp.replace(w)
                         print(f'  pretrained {task} on {name} seed {seed} in {time.time() - t0:.0f} s', file=sys.stderr)
@@ -128,7 +143,8 @@ def run(a) -> None:
                                    cs.replace(semi_weight=a.semi_weight if semi else 0.,
                                               pseudo_threshold=a.pseudo_threshold if fm else None), **kw)
                     row = dict(set=name, method=method, fraction=frac, seed=seed, n_labeled=int(len(idx)), accuracy=acc,
-                               seconds=round(time.time() - t1, 1), pretrain_seconds=round(t1 - t0, 1), budget=key)
+                               seconds=round(time.time() - t1, 1), pretrain_seconds=round(t1 - t0, 1),
+                               budget=cell_budget(a, method))
                     with open(CACHE, 'a') as fh: fh.write(json.dumps(row) + '\n')
                     print(json.dumps(row), flush=True)
 
@@ -136,8 +152,8 @@ def run(a) -> None:
 def report(a) -> str:
     "Markdown tables (one per fraction) from the cached cells of this budget: mean ± std, paired difference [95% CI]."
     from tsai_ssl.experiment import SCRATCH, method_label, paired_ci
-    key = budget_key(a)
-    rows = [r for r in read_cache() if r['budget'] == key and r['set'] in a.sets and r['method'] in a.methods]
+    key = budget_key(a) + (f' (task options {a.task_options})' if a.task_options else '')
+    rows = [r for r in read_cache() if r['set'] in a.sets and r['method'] in a.methods and r['budget'] == cell_budget(a, r['method'])]
     out = [f'Budget `{key}`; accuracy % on the official test split, mean ± std over seeds; under each method the '
            'paired difference to scratch [95% CI] in points.', '']
     for frac in a.fractions:
@@ -172,9 +188,11 @@ def versus(a) -> str:
     same sets, fractions and seeds: the same labeled subsets), mean ± std and the paired difference [95% CI]."""
     from tsai_ssl.experiment import method_label, paired_ci
     cache = read_cache()
-    mine = {(r['set'], r['method'], r['fraction'], r['seed']): r['accuracy'] for r in cache if r['budget'] == budget_key(a)}
+    mine = {(r['set'], r['method'], r['fraction'], r['seed']): r['accuracy'] for r in cache
+            if r['budget'] == cell_budget(a, r['method'])}
     base = {(r['set'], r['method'], r['fraction'], r['seed']): r['accuracy'] for r in cache if r['budget'] == a.versus}
-    out = [f'`{budget_key(a)}` against `{a.versus}`: accuracy % (this one / the other), mean over seeds; in brackets '
+    opts = f' (task options {a.task_options})' if a.task_options else ''
+    out = [f'`{budget_key(a)}`{opts} against `{a.versus}`: accuracy % (this one / the other), mean over seeds; in brackets '
            'the paired difference (this - the other) [95% CI] in points.', '',
            '| set | labels | ' + ' | '.join(method_label(m) for m in a.methods) + ' |', '|' + '---|' * (len(a.methods) + 2)]
     for name in a.sets:
@@ -212,6 +230,8 @@ def main(argv=None):
     p.add_argument('--pseudo-threshold', type=float, default=0.95, help='confidence threshold of the fixmatch methods')
     p.add_argument('--standardize', default='dataset', choices=['dataset', 'series'],
                    help="input scaling (RunConfig.standardize); 'series' for PLAID, whose series' scales differ by 1e5")
+    p.add_argument('--task-options', default='', metavar='JSON',
+                   help='options of the tasks, e.g. \'{"ts2vec": {"window": 3000, "anchors": 256}}\' (in the cache key)')
     p.add_argument('--device', default='cpu')
     p.add_argument('--threads', type=int, default=2)
     p.add_argument('--report', action='store_true', help='only print the tables from the cache')

@@ -60,6 +60,7 @@ def test_compare_end_to_end(npz, tmp_path):
     assert 'Traceback' not in r.stderr
     assert 'from scratch' in r.stdout and 'masked-value' in r.stdout and '50% (n=' in r.stdout
     assert 'ETA' in r.stderr and 'plan: 1 pretraining and 3 classifier fits' in r.stderr  # the plan, the bar
+    assert 'tasks masked (41-way targets); semi-supervised masked (weight 1); fractions 50%' in r.stderr
     doc = json.loads((out / 'results.json').read_text())
     cfg = doc['config']
     assert cfg['n_unlabeled'] == 8 and cfg['n_train'] == 32 and cfg['n_test'] == 8
@@ -277,3 +278,15 @@ def test_busy_cores_is_a_share_of_the_machine():
     from tsai_ssl.cli import _busy_cores
     busy = _busy_cores(0.1)
     assert busy is not None and 0 <= busy <= (os.cpu_count() or 1) + 1e-9
+
+
+@pytest.mark.parametrize('tasks, given, expected', [
+    (['masked', 'next', 'contrastive', 'mvp'], None, ['masked', 'contrastive']),  # compare's defaults
+    (['next', 'mvp'], None, ['next']),  # no default among --tasks: the first task
+    (['masked', 'contrastive'], 'contrastive', ['contrastive']),
+])
+def test_semi_tasks_defaults(tasks, given, expected):
+    from tsai_ssl.cli import COMPARE, DEMO, _semi_tasks
+    args = argparse.Namespace(semi_tasks=given)
+    assert _semi_tasks(args, tasks, COMPARE['semi_tasks']) == expected
+    assert _semi_tasks(argparse.Namespace(semi_tasks=None), ['masked', 'contrastive'], DEMO['semi_tasks']) == ['contrastive']

@@ -474,7 +474,12 @@ def cmd_compare(args, demo: bool = False) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     targets = f'{n_values}-way targets' if n_values else 'continuous targets'
-    _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets}); fractions "
+    semi_tasks = _semi_tasks(args, tasks, d.get('semi_tasks'))
+    semi_shown = ([t for t in tasks if t != E.MVP] if semi_tasks is None else semi_tasks) if cfg.semi_weight > 0 else []
+    _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets})"
+               + (f"; semi-supervised {', '.join(semi_shown)} (weight {cfg.semi_weight:g}"
+                  + (f', FixMatch from {cfg.pseudo_threshold:g}' if cfg.pseudo_threshold is not None else '') + ')'
+                  if semi_shown else '') + "; fractions "
                f"{', '.join(E.fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); "
                + (f'{cfg.pretrain_steps} pretraining steps' if cfg.pretrain_steps else f'{pe} pretraining epochs') + ' + '
                + (f'{cfg.finetune_steps} fine-tuning steps' if cfg.finetune_steps else f'{fe} fine-tuning epochs'
@@ -501,7 +506,7 @@ def cmd_compare(args, demo: bool = False) -> int:
 
     rows = E.compare(data.X_train, data.y_train, data.X_test, data.y_test, X_unlabeled=data.X_unlabeled,
                      config=cfg.replace(device=dev), tasks=tasks, fractions=fractions, seeds=seeds, workdir=out,
-                     pool_fractions=pools, semi_tasks=_semi_tasks(args, tasks, d.get('semi_tasks')),
+                     pool_fractions=pools, semi_tasks=semi_tasks,
                      progress=not args.quiet, on_result=partial)
     config['wall_seconds'] = round(time.time() - t_start, 1)
     n_seeds = len(seeds)

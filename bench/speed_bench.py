@@ -13,8 +13,9 @@ a random half of the series, so the two cost about one batch.
 On request: 'contrastive 50-100% crops' (the earlier default views), 'supervised 2x' (a supervised step on twice the
 batch, what two full-length views cost) and 'next-step pad' (`NextStepPretrain(causal='pad')`).
 '+saver' rows add `MemorySaver()` ('flat': ``nested=False``): its cost in time. 'ts2vec' (`TS2VecPretrain`) first cuts
-series longer than 3000 steps to a 3000-step window (its default ``window``), so at 30720 steps it does less work
-than the supervised step it is compared with.
+series longer than 1024 steps to a 1024-step window (its default ``window``), so from 2048 steps on it runs shorter
+series than the supervised step it is compared with: the ratio is what a TS2Vec step costs, not a like-for-like
+comparison of work.
 ``--arch TSTPlus``: the same on tsai's Transformer (`tsai_ssl.transformer`; max_seq_len 512, so 2048 steps are 512
 patches of 4); compare its 'supervised' row with ResNetPlus's for the cost of attention.
 Part 'mvp': one masked-value pretraining epoch of tsai_ssl's MaskedValuePretrain vs tsai's MVP callback on the

@@ -9,10 +9,11 @@ The temporal term would build ``(bs, 2T, 2T)`` similarities at every level; it s
 steps per level against all steps instead (``(bs, 2K, 2T)``, an estimate of the full term, see
 `tsai_ssl.losses.hierarchical_contrastive_loss`), and long series are first cut to a random ``window`` of 1024
 steps (TS2Vec cuts at 3000). Why these defaults: a TS2Vec step runs two overlapping crops, each up to the window's
-length, through the backbone, so the window sets the cost. With 1024 and 64 a step costs about 1.5x a supervised
-step at 2048 steps (3.5x with TS2Vec's 3000 and 256 anchors), and transfer accuracy on GunPoint, ArrowHead and the
-demo set was unchanged within noise (docs/results.md). A CNN's per-step features see far fewer than 1024 steps
-anyway; give ``window=3000`` (or None) for a Transformer that should learn longer contexts. The crops are the
+length, through the backbone, so the window sets the cost. With 1024 and 64 a step cost 1.39x a supervised step
+at 2048 steps (3.54x with TS2Vec's 3000 and 256 anchors), and transfer accuracy on GunPoint, ArrowHead and the
+demo set was unchanged within noise; their series are at most 1024 steps, so there only the anchors changed
+(docs/results.md). A CNN's per-step features see far fewer than 1024 steps anyway; give ``window=3000`` (or None)
+for a Transformer that should learn longer contexts. The crops are the
 layout augmentation; only value augmentations may be added (default: ``Scaling(0.1)``, ``Jitter(0.03)``).
 """
 from __future__ import annotations

@@ -290,3 +290,10 @@ def test_semi_tasks_defaults(tasks, given, expected):
     args = argparse.Namespace(semi_tasks=given)
     assert _semi_tasks(args, tasks, COMPARE['semi_tasks']) == expected
     assert _semi_tasks(argparse.Namespace(semi_tasks=None), ['masked', 'contrastive'], DEMO['semi_tasks']) == ['contrastive']
+
+
+def test_demo_defaults_run_contrastive_semi_supervised():
+    from tsai_ssl.cli import build_parser
+    a = build_parser().parse_args(['demo'])
+    assert a.semi_weight == 1. and a.semi_tasks is None and a.tasks == 'masked,contrastive'  # DEMO's semi_tasks apply
+    assert build_parser().parse_args(['compare', 'x.npz']).semi_weight == 1.

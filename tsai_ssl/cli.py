@@ -475,11 +475,12 @@ def cmd_compare(args, demo: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     targets = f'{n_values}-way targets' if n_values else 'continuous targets'
     semi_tasks = _semi_tasks(args, tasks, d.get('semi_tasks'))
-    semi_shown = ([t for t in tasks if t != E.MVP] if semi_tasks is None else semi_tasks) if cfg.semi_weight > 0 else []
-    _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets})"
-               + (f"; semi-supervised {', '.join(semi_shown)} (weight {cfg.semi_weight:g}"
-                  + (f', FixMatch from {cfg.pseudo_threshold:g}' if cfg.pseudo_threshold is not None else '') + ')'
-                  if semi_shown else '') + "; fractions "
+    semi_text = ''
+    shown = [t for t in tasks if t != E.MVP] if semi_tasks is None else semi_tasks  # None: every task but tsai's MVP
+    if cfg.semi_weight > 0 and shown:
+        fixmatch = f', FixMatch from {cfg.pseudo_threshold:g}' if cfg.pseudo_threshold is not None else ''
+        semi_text = f"; semi-supervised {', '.join(shown)} (weight {cfg.semi_weight:g}{fixmatch})"
+    _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets}){semi_text}; fractions "
                f"{', '.join(E.fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); "
                + (f'{cfg.pretrain_steps} pretraining steps' if cfg.pretrain_steps else f'{pe} pretraining epochs') + ' + '
                + (f'{cfg.finetune_steps} fine-tuning steps' if cfg.finetune_steps else f'{fe} fine-tuning epochs'

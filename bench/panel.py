@@ -48,10 +48,11 @@ def load_set(name: str, seed: int = 0):
     return X_tr, y_tr, X_te, y_te, [], len(classes)
 
 
-def budget_key(a) -> str:
+def budget_key(a, semi_weight: float | None = None) -> str:
     "What the cached cells depend on besides set, method, fraction and seed."
+    w = a.semi_weight if semi_weight is None else semi_weight
     return (f"{a.arch}{_arch_tag(a)}-ft{a.steps}-pt{a.pretrain_steps}-bs{a.bs}-lr{a.lr:g}-len{a.max_len or 0}"
-            f"-semi{a.semi_weight:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else '')
+            f"-semi{w:g}" + (f"-std{a.standardize}" if a.standardize != 'dataset' else '')
             + (f"-ptbs{a.pretrain_bs}" if a.pretrain_bs and a.pretrain_bs != a.bs else '')
             + (f"-pseudo{a.pseudo_threshold:g}" if a.pseudo_threshold != 0.95 else ''))  # only fixmatch cells use it
 
@@ -67,8 +68,11 @@ def _options_tag(a, task: str) -> str:
 
 
 def cell_budget(a, method: str) -> str:
-    "The cache key of one method's cells: the budget, plus its task's --task-options (scratch cells stay shared)."
-    return budget_key(a) + _options_tag(a, method.removesuffix('+fixmatch').removesuffix('+semi'))
+    """The cache key of one method's cells: the budget, plus its task's --task-options (scratch cells stay shared).
+    Only `+semi` methods depend on --semi-weight; the others keep the key of weight 1 (the default, which every
+    cell had before the weight was an option), so one set of scratch and pretrained cells serves every weight."""
+    base = method.removesuffix('+fixmatch')
+    return budget_key(a, None if base.endswith('+semi') else 1.) + _options_tag(a, base.removesuffix('+semi'))
 
 
 def _arch_tag(a) -> str:

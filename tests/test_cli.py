@@ -292,6 +292,17 @@ def test_semi_tasks_defaults(tasks, given, expected):
     assert _semi_tasks(argparse.Namespace(semi_tasks=None), ['masked', 'contrastive'], DEMO['semi_tasks']) == ['contrastive']
 
 
+@pytest.mark.parametrize('tasks, weight, threshold, expected', [
+    (['masked', 'contrastive'], 1., None, '; semi-supervised masked, contrastive (weight 1)'),
+    (['masked'], 0.3, 0.95, '; semi-supervised masked (weight 0.3, FixMatch from 0.95)'),
+    (['masked'], 0., 0.95, ''),  # no semi-supervised fits: nothing to name
+    ([], 1., None, ''),
+])
+def test_header_names_the_semi_supervised_fits(tasks, weight, threshold, expected):
+    from tsai_ssl.cli import _semi_text
+    assert _semi_text(tasks, weight, threshold) == expected
+
+
 def test_demo_defaults_run_contrastive_semi_supervised():
     from tsai_ssl.cli import build_parser
     a = build_parser().parse_args(['demo'])

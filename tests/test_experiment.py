@@ -435,3 +435,14 @@ def test_pool_fractions_curve(counts, tmp_path):
     paths = E.save_results(rows, tmp_path / 'out')
     assert paths['pool_png'].read_bytes()[:4] == b'\x89PNG' and 'probe_png' not in paths
     assert json.loads(paths['json'].read_text())['pool_curve'] == curve
+
+
+@pytest.mark.parametrize('max_len, window, expected', [(None, None, None), (512, None, 512), (None, 1024, 1024),
+                                                      (512, 1024, 512), (2048, 1024, 1024), (None, True, None)])
+def test_crop_of_a_step_is_the_shorter_of_crop_and_task_window(max_len, window, expected):
+    "TS2Vec cuts long series to its window, so a plan that counted whole series would overstate its cost."
+    from tsai_ssl.runs import _crop, _units
+    assert _crop(max_len, window) == expected
+    series = [np.zeros((1, 3000)), np.zeros((1, 600))]
+    cap = expected or 10 ** 9
+    assert _units(series, _crop(max_len, window)) == min(3000, cap) + min(600, cap)

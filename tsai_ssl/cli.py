@@ -402,6 +402,13 @@ def _resolve_tasks(args) -> list[str]:
     return list(dict.fromkeys(E.MVP if t.lower() == E.MVP else E.normalize_task(t) for t in toks))
 
 
+def _semi_text(tasks: list[str], weight: float, pseudo_threshold: float | None) -> str:
+    "The header's part on semi-supervised fits: '; semi-supervised masked (weight 1, FixMatch from 0.95)' or ''."
+    if not (weight > 0 and tasks): return ''
+    fixmatch = f', FixMatch from {pseudo_threshold:g}' if pseudo_threshold is not None else ''
+    return f"; semi-supervised {', '.join(tasks)} (weight {weight:g}{fixmatch})"
+
+
 def _semi_tasks(args, tasks: list[str], default: str | None) -> list[str] | None:
     """The tasks fine-tuned semi-supervised: --semi-tasks (each among --tasks), else the command's default ones that
     are among --tasks (else the first task); None: every task."""
@@ -475,11 +482,8 @@ def cmd_compare(args, demo: bool = False) -> int:
     out.mkdir(parents=True, exist_ok=True)
     targets = f'{n_values}-way targets' if n_values else 'continuous targets'
     semi_tasks = _semi_tasks(args, tasks, d.get('semi_tasks'))
-    semi_text = ''
     shown = [t for t in tasks if t != E.MVP] if semi_tasks is None else semi_tasks  # None: every task but tsai's MVP
-    if cfg.semi_weight > 0 and shown:
-        fixmatch = f', FixMatch from {cfg.pseudo_threshold:g}' if cfg.pseudo_threshold is not None else ''
-        semi_text = f"; semi-supervised {', '.join(shown)} (weight {cfg.semi_weight:g}{fixmatch})"
+    semi_text = _semi_text(shown, cfg.semi_weight, cfg.pseudo_threshold)
     _say(args, f"{'demo' if demo else 'compare'}: {_arch_text(cfg)}, tasks {', '.join(tasks)} ({targets}){semi_text}; fractions "
                f"{', '.join(E.fmt_frac(f) for f in fractions)}; {len(seeds)} seed(s); "
                + (f'{cfg.pretrain_steps} pretraining steps' if cfg.pretrain_steps else f'{pe} pretraining epochs') + ' + '

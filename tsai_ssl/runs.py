@@ -147,6 +147,13 @@ def _units(series, max_len: int | None) -> float:
     return float(np.minimum(L, max_len).sum() if max_len else L.sum())
 
 
+def _crop(max_len: int | None, window: object = None) -> int | None:
+    """The longest stretch of a series one step works on: the training crop, or a task's own cut of long series
+    (the two-view tasks' ``window``; TS2Vec's default 1024) when that is shorter."""
+    w = window if isinstance(window, int) and not isinstance(window, bool) else None
+    return min(max_len, w) if max_len and w else (max_len or w)
+
+
 def _eval_units(X_test) -> float:
     return float(sum(x.shape[-1] for x in X_test)) / 3  # forward only: about a third of a training step
 
@@ -246,7 +253,8 @@ def pretrain(X, task: str = 'masked', config: RunConfig | None = None, *, path: 
     dls = get_ssl_dls(series, splits=splits, bs=cfg.bs, val_bs=_eval_bs([series[i] for i in splits[1]] or series, cfg.bs),
                       batch_tfms=_standardize(cfg), max_len=cfg.max_len, n_values=n_values, seed=cfg.seed, device=dev,
                       drop_last=_drop_last(n_tr, min(cfg.bs, n_tr)))
-    units = _units([series[i] for i in splits[0]], cfg.max_len) * float(getattr(Task, 'epoch_cost', 1.))
+    units = _units([series[i] for i in splits[0]], _crop(cfg.max_len, getattr(cb, 'window', None))) \
+        * float(getattr(Task, 'epoch_cost', 1.))
     epochs = cfg.epochs('pretrain', n_tr)
     cbs = [cb, tick_callback(progress, units, log=cfg.verbose)]
     prober = _probe_callback(probe, epochs, cfg) if probe is not None else None
@@ -519,7 +527,8 @@ def compare(X_train, y_train, X_test, y_test, X_unlabeled=None, config: RunConfi
             X_p = X_pre if p == 1 else pool_subset(p, s)
             units = _units(X_p, cfg.max_len) * (1 - cfg.valid_pct)
             pre_ep = cfg.epochs('pretrain', int(len(X_p) * (1 - cfg.valid_pct)))
-            total += sum(pre_ep * units * float(c.epoch_cost) for c in task_cls.values())
+            total += sum(pre_ep * (1 - cfg.valid_pct) * float(c.epoch_cost)
+                         * _units(X_p, _crop(cfg.max_len, reg.task_options(c).get('window'))) for c in task_cls.values())
             if with_mvp and p == 1: total += pre_ep * units
         for f in fractions:
             n_f = len(subsets[f, s])

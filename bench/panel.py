@@ -7,13 +7,17 @@ seeds, with the published anchors beside ours. Run by hand (not part of the test
     python bench/panel.py --report            # the tables from the cache, for the settings given
 
 Protocol. Official UCR train/test split. For each set and seed, each task pretrains once on every training series
-(labels ignored; for the synthetic set also on its unlabeled pool) and is reused for every fraction; the labeled
+(labels ignored; for the synthetic and texture sets also on their unlabeled pools) and is reused for every fraction; the labeled
 subset of a fraction is stratified and the same for every method of a seed (`tsai_ssl.label_subset`). Every
 classifier trains every layer with ``fit_one_cycle`` for a budget in optimizer steps (``--steps``), whatever the
 number of labels, and is scored once on the test split: no model selection, so no test-set peeking. ``<task>+semi``
 fine-tunes from the task's weights with the task's loss kept on the unlabeled series (`tsai_ssl.SemiSupervised`).
 ``fixmatch`` trains from scratch with FixMatch's pseudo-label term on the unlabeled series (threshold
 ``--pseudo-threshold``); ``<task>+semi+fixmatch`` adds that term to ``<task>+semi``.
+
+Sets: the UCR sets by name; ``synthetic``, the demo's data (`tsai_ssl.datasets.make_demo_data`); ``texture``, the
+count set of `bench/count_bench.py` (`texture_counts`: 300 labeled and 300 unlabeled series of 512..4096 counts,
+5 classes set by how the count process behaves everywhere, 300 test series; not used to choose any default).
 """
 from __future__ import annotations
 
@@ -43,6 +47,11 @@ def load_set(name: str, seed: int = 0):
         from tsai_ssl.datasets import make_demo_data
         d = make_demo_data(seed=0)
         return d.X_train, d.y_train, d.X_test, d.y_test, d.X_unlabeled, int(d.y_train.max()) + 1
+    if name == 'texture':  # counts 0..40 shaped like the user's: 512..4096 steps, the class in the whole series' texture
+        from count_bench import texture_counts
+        X, y = texture_counts(600, 5, 512, 4096, np.random.default_rng([0, 0]))
+        X_te, y_te = texture_counts(300, 5, 512, 4096, np.random.default_rng([0, 1]))
+        return X[:300], y[:300], X_te, y_te, X[300:], 5
     from tsai_ssl.datasets import load_ucr
     X_tr, y_tr, X_te, y_te, classes = load_ucr(name)
     return X_tr, y_tr, X_te, y_te, [], len(classes)
